@@ -1,0 +1,162 @@
+"""The LightningDataModule: ImageFolder tree -> split -> uint8 batches -> float batches."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from product_cnn.data.demo import ensure_demo_dataset
+from product_cnn.data.folder import SPLITS, FolderTree, Sample, scan_tree
+from product_cnn.data.images import load_image, to_unit_float
+from product_cnn.data.split import stratified_split
+from product_cnn.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+class ImageListDataset(Dataset):
+    """``(uint8 image tensor (3, H, W), label)`` for a list of ``(path, label)`` samples."""
+
+    def __init__(self, samples: list[Sample], image_size: int | tuple[int, int] = 256) -> None:
+        self.samples = samples
+        self.image_size = image_size
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        path, label = self.samples[index]
+        return load_image(path, self.image_size), label
+
+
+class ProductDataModule(L.LightningDataModule):
+    """Product photos from ``root`` in either layout (see :mod:`product_cnn.data.folder`).
+
+    Batches leave the loader as uint8 and are scaled to float in [0, 1] after they reach the
+    device. With ``demo=True`` the synthetic demo tree is generated at ``root`` if missing.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        demo: bool = False,
+        image_size: int = 256,
+        batch_size: int = 32,
+        val_fraction: float = 0.2,
+        test_fraction: float = 0.1,
+        split_seed: int = 42,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        demo_images_per_class: int = 100,
+        demo_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        root = str(Path(root).expanduser().resolve())
+        self.save_hyperparameters()
+        self.tree: FolderTree | None = None
+        self.split_samples: dict[str, list[Sample]] = {}
+
+    @property
+    def class_names(self) -> list[str]:
+        if self.tree is None:
+            raise RuntimeError("call setup() before asking for class names")
+        return self.tree.class_names
+
+    def prepare_data(self) -> None:
+        if self.hparams.demo:
+            ensure_demo_dataset(
+                self.hparams.root, self.hparams.demo_images_per_class, self.hparams.demo_seed
+            )
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.tree is not None:
+            return
+        hp = self.hparams
+        if hp.demo and not Path(hp.root).is_dir():
+            self.prepare_data()  # setup() without prepare_data(), e.g. from a notebook
+        tree = scan_tree(hp.root)
+        if tree.presplit:
+            splits = dict(tree.splits)
+            missing = [s for s in ("val", "test") if s not in splits]
+            if missing:  # carve the missing splits out of train, stratified
+                fractions = {s: (hp.val_fraction if s == "val" else hp.test_fraction) for s in missing}
+                carved = stratified_split(
+                    splits["train"], tree.class_names, hp.root,
+                    val_fraction=fractions.get("val", 0.0),
+                    test_fraction=fractions.get("test", 0.0),
+                    seed=hp.split_seed,
+                )
+                splits["train"] = carved["train"]
+                splits.update({s: carved[s] for s in missing})
+                log.info("No %s folder in %s: split it from train", "/".join(missing), hp.root)
+        else:
+            splits = stratified_split(
+                tree.splits["all"], tree.class_names, hp.root,
+                hp.val_fraction, hp.test_fraction, hp.split_seed,
+            )
+        self.tree, self.split_samples = tree, splits
+        if tree.ignored:
+            log.warning("Ignored %d non-image file(s) in %s, e.g. %s",
+                        len(tree.ignored), hp.root, tree.ignored[0])
+        log.info("Data: %s (%s)\n%s", hp.root, "pre-split" if tree.presplit else
+                 f"split {1 - hp.val_fraction - hp.test_fraction:.0%}/{hp.val_fraction:.0%}/"
+                 f"{hp.test_fraction:.0%}, seed {hp.split_seed}", self.summary())
+
+    def counts(self) -> dict[str, list[int]]:
+        """Images per class for each split: ``{"train": [n_class0, ...], ...}``."""
+        out = {}
+        for split in SPLITS:
+            per_class = [0] * len(self.class_names)
+            for _, label in self.split_samples.get(split, []):
+                per_class[label] += 1
+            out[split] = per_class
+        return out
+
+    def summary(self) -> str:
+        """A small per-class, per-split table of image counts."""
+        counts = self.counts()
+        width = max(len(n) for n in [*self.class_names, "class", "total"])
+        lines = [f"  {'class':<{width}} " + " ".join(f"{s:>6}" for s in SPLITS)]
+        for i, name in enumerate(self.class_names):
+            lines.append(f"  {name:<{width}} " + " ".join(f"{counts[s][i]:>6}" for s in SPLITS))
+        lines.append(f"  {'total':<{width}} " + " ".join(f"{sum(counts[s]):>6}" for s in SPLITS))
+        return "\n".join(lines)
+
+    def dataset(self, split: str) -> ImageListDataset:
+        """The dataset for ``split`` (one of train, val, test)."""
+        if split not in self.split_samples:
+            raise DataError(f"no {split} split in {self.hparams.root}")
+        return ImageListDataset(self.split_samples[split], self.hparams.image_size)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        dataset = self.dataset(split)
+        hp = self.hparams
+        # A last training batch of one sample would break BatchNorm1d; drop only that case.
+        drop_last = shuffle and len(dataset) % hp.batch_size == 1
+        return DataLoader(
+            dataset,
+            batch_size=hp.batch_size,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            num_workers=hp.num_workers,
+            pin_memory=hp.pin_memory,
+            persistent_workers=hp.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        images, *rest = batch
+        return [to_unit_float(images), *rest]

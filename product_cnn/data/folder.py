@@ -1,0 +1,136 @@
+"""Finding classes and images in an ImageFolder tree, in either supported layout.
+
+* unsplit:   ``root/<Category>/*.jpg``                      (we split it, see :mod:`.split`)
+* pre-split: ``root/{train,val,test}/<Category>/*.jpg``     (used as given)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from product_cnn.data.images import IMG_EXTENSIONS, is_image_file
+from product_cnn.errors import DataError
+
+SPLITS = ("train", "val", "test")
+_SPLIT_ALIASES = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
+_IGNORED_DIRS = ("__MACOSX",)
+
+Sample = tuple[str, int]  # (path, label index)
+
+
+@dataclass
+class FolderTree:
+    """What :func:`scan_tree` found: class names, samples (per split when pre-split)."""
+
+    root: str
+    class_names: list[str]
+    splits: dict[str, list[Sample]]  # keys: "all" for an unsplit tree, else a subset of SPLITS
+    ignored: list[str] = field(default_factory=list)  # non-image files that were skipped
+
+    @property
+    def presplit(self) -> bool:
+        return "all" not in self.splits
+
+
+def _subdirs(directory: Path) -> list[Path]:
+    return sorted(
+        p for p in directory.iterdir()
+        if p.is_dir() and not p.name.startswith(".") and p.name not in _IGNORED_DIRS
+    )
+
+
+def _images_in(class_dir: Path, ignored: list[str]) -> list[str]:
+    """All image files under ``class_dir`` (recursively), sorted; other files go to ``ignored``."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in _IGNORED_DIRS)
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            if is_image_file(name):
+                found.append(path)
+            elif not name.startswith("."):
+                ignored.append(path)
+    return sorted(found)
+
+
+def _check_root(root: Path) -> None:
+    if not root.exists():
+        raise DataError(
+            f"data root {root} does not exist: set data.root=/path/to/photos "
+            "(laid out as <root>/<Category>/*.jpg)"
+        )
+    if not root.is_dir():
+        raise DataError(f"data root {root} is a file, not a folder of class folders")
+
+
+def _scan_classes(directory: Path, ignored: list[str]) -> dict[str, list[str]]:
+    """Map class name -> sorted image paths for ``directory/<Category>/...``, with checks."""
+    class_dirs = _subdirs(directory)
+    if not class_dirs:
+        loose = [p for p in directory.iterdir() if p.is_file() and is_image_file(p)]
+        hint = (
+            f"found {len(loose)} images directly in it; " if loose else ""
+        )
+        raise DataError(
+            f"no class folders in {directory}: {hint}put each category's photos in "
+            f"{directory}/<Category>/"
+        )
+    images = {d.name: _images_in(d, ignored) for d in class_dirs}
+    empty = [name for name, paths in images.items() if not paths]
+    if empty:
+        names = ", ".join(str(directory / name) for name in empty)
+        raise DataError(
+            f"class folder(s) with no images: {names} (looked for {', '.join(IMG_EXTENSIONS)}); "
+            "add photos or remove the folder"
+        )
+    return images
+
+
+def _find_split_dirs(root: Path) -> dict[str, Path]:
+    found = {}
+    for split, aliases in _SPLIT_ALIASES.items():
+        for alias in aliases:
+            if (root / alias).is_dir():
+                found[split] = root / alias
+                break
+    return found
+
+
+def scan_tree(root: str | Path) -> FolderTree:
+    """Scan ``root`` in either layout; raise :class:`DataError` naming what is wrong."""
+    root = Path(root).expanduser().resolve()
+    _check_root(root)
+    ignored: list[str] = []
+    split_dirs = _find_split_dirs(root)
+    if "train" not in split_dirs:
+        images = _scan_classes(root, ignored)
+        class_names = sorted(images)
+        _check_two_classes(class_names, root)
+        samples = [(p, i) for i, name in enumerate(class_names) for p in images[name]]
+        return FolderTree(str(root), class_names, {"all": samples}, ignored)
+
+    per_split = {split: _scan_classes(path, ignored) for split, path in split_dirs.items()}
+    class_names = sorted(per_split["train"])
+    _check_two_classes(class_names, split_dirs["train"])
+    for split, images in per_split.items():
+        unknown = sorted(set(images) - set(class_names))
+        if unknown:
+            raise DataError(
+                f"{split_dirs[split]} has class folder(s) {unknown} that {split_dirs['train']} "
+                "does not have: every class must have training images"
+            )
+    splits = {
+        split: [(p, class_names.index(name)) for name in sorted(images) for p in images[name]]
+        for split, images in per_split.items()
+    }
+    return FolderTree(str(root), class_names, splits, ignored)
+
+
+def _check_two_classes(class_names: list[str], where: Path) -> None:
+    if len(class_names) < 2:
+        raise DataError(
+            f"found only one class folder ({class_names[0]}) in {where}: a classifier needs "
+            "at least two categories, each in its own folder"
+        )

@@ -1,0 +1,76 @@
+"""Reading one image the way the original did: decode, orient, RGB, resize, uint8 CHW tensor.
+
+Every path that turns a file into model input (training, evaluation, prediction) goes through
+:func:`load_image`, and every batch goes through :func:`to_unit_float` before the network.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from product_cnn.errors import ImageLoadError
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+def is_image_file(path: str | Path) -> bool:
+    """True for a visible file with one of :data:`IMG_EXTENSIONS` (any case)."""
+    name = Path(path).name
+    return not name.startswith(".") and name.lower().endswith(IMG_EXTENSIONS)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Apply EXIF orientation and convert any mode (L, P, RGBA, CMYK, I;16, ...) to RGB.
+
+    Transparent pixels are composited onto white, the usual catalogue background.
+    """
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit grayscale: scale to 8 bit
+        array = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(array * (255.0 / peak), 0, 255).astype(np.uint8), "L")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert("RGB")
+
+
+def pil_to_tensor(image: Image.Image, size: int | tuple[int, int]) -> torch.Tensor:
+    """RGB-convert and resize a PIL image to a ``(3, H, W)`` uint8 tensor."""
+    height, width = (size, size) if isinstance(size, int) else size
+    image = to_rgb(image).resize((width, height), Image.Resampling.BILINEAR)
+    array = np.asarray(image, dtype=np.uint8)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+
+
+def load_image(path: str | Path, size: int | tuple[int, int] = 256) -> torch.Tensor:
+    """Decode ``path`` into a ``(3, H, W)`` uint8 tensor, or raise :class:`ImageLoadError`."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image.load()
+                return pil_to_tensor(image, size)
+    except FileNotFoundError:
+        raise ImageLoadError(str(path), "file not found") from None
+    except Image.UnidentifiedImageError:
+        raise ImageLoadError(str(path), "not an image file PIL can read") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise ImageLoadError(str(path), f"too many pixels ({err})") from None
+    except (OSError, ValueError, SyntaxError) as err:
+        raise ImageLoadError(str(path), f"corrupt or truncated ({err})") from None
+
+
+def to_unit_float(batch: torch.Tensor) -> torch.Tensor:
+    """Scale a uint8 image batch to float32 in [0, 1]; float input passes through."""
+    if batch.dtype == torch.uint8:
+        return batch.to(torch.float32).div_(255.0)
+    return batch

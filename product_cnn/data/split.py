@@ -1,0 +1,75 @@
+"""Stratified, seeded train/val/test split that does not depend on file-system order.
+
+Within each class, files are ordered by a hash of (seed, path relative to the root), then cut
+into test, val and train. The result depends only on the seed and the set of files: not on
+listing order, not on where the tree lives, and adding one photo does not reshuffle the rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import defaultdict
+from collections.abc import Sequence
+
+from product_cnn.errors import DataError
+
+Sample = tuple[str, int]
+
+
+def _order_key(seed: int, relpath: str) -> str:
+    return hashlib.sha256(f"{seed}:{relpath}".encode()).hexdigest()
+
+
+def _relkey(path: str, root: str) -> str:
+    return os.path.relpath(path, root).replace(os.sep, "/")
+
+
+def split_counts(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int, int]:
+    """(train, val, test) sizes for a class of ``n`` images; each used split gets at least 1."""
+    n_val = max(1, round(n * val_fraction)) if val_fraction > 0 else 0
+    n_test = max(1, round(n * test_fraction)) if test_fraction > 0 else 0
+    return n - n_val - n_test, n_val, n_test
+
+
+def min_class_size(val_fraction: float, test_fraction: float) -> int:
+    """Fewest images a class needs so that every split gets one (and train keeps one)."""
+    return 1 + (val_fraction > 0) + (test_fraction > 0)
+
+
+def stratified_split(
+    samples: Sequence[Sample],
+    class_names: Sequence[str],
+    root: str,
+    val_fraction: float = 0.2,
+    test_fraction: float = 0.1,
+    seed: int = 42,
+) -> dict[str, list[Sample]]:
+    """Split ``samples`` into ``{"train", "val", "test"}`` per class; raise if a class is too small."""
+    if val_fraction < 0 or test_fraction < 0 or val_fraction + test_fraction >= 1:
+        raise DataError(
+            f"split fractions val={val_fraction} test={test_fraction} must be >= 0 and sum to < 1"
+        )
+    by_class: dict[int, list[Sample]] = defaultdict(list)
+    for sample in samples:
+        by_class[sample[1]].append(sample)
+    needed = min_class_size(val_fraction, test_fraction)
+    too_small = [
+        f"{class_names[label]} ({len(items)})"
+        for label, items in sorted(by_class.items()) if len(items) < needed
+    ]
+    if too_small:
+        raise DataError(
+            f"class(es) {', '.join(too_small)} have too few images for a stratified "
+            f"train/val/test split: each needs at least {needed}"
+        )
+    out: dict[str, list[Sample]] = {"train": [], "val": [], "test": []}
+    for label in sorted(by_class):
+        items = sorted(by_class[label], key=lambda s: _order_key(seed, _relkey(s[0], root)))
+        _, n_val, n_test = split_counts(len(items), val_fraction, test_fraction)
+        out["test"] += items[:n_test]
+        out["val"] += items[n_test:n_test + n_val]
+        out["train"] += items[n_test + n_val:]
+    for split in out:
+        out[split].sort()
+    return out

@@ -1,0 +1,27 @@
+"""Errors a user can act on. Entry points print their message in one line, no traceback."""
+
+from __future__ import annotations
+
+
+class ProductCNNError(Exception):
+    """Base class: something about the user's data, config or files is wrong."""
+
+
+class DataError(ProductCNNError):
+    """The data folder is missing, empty or laid out in a way we cannot use."""
+
+
+class ImageLoadError(DataError):
+    """One image file cannot be decoded."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"cannot read image {path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+    def __reduce__(self):  # survive the trip back from a DataLoader worker process
+        return (type(self), (self.path, self.reason))
+
+
+class CheckpointError(ProductCNNError):
+    """A checkpoint is missing, truncated or belongs to another model or class list."""

@@ -1,0 +1,87 @@
+"""The network: a layer-for-layer mirror of the original Keras CNN, as a plain ``nn.Module``.
+
+Keras semantics are kept where they differ from PyTorch defaults: activation *before*
+BatchNorm, BatchNorm ``eps=1e-3`` and running-stat momentum 0.01 (Keras ``momentum=0.99``),
+Glorot-uniform kernels and zero biases. Nothing here knows about Lightning.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+KERAS_BN_EPS = 1e-3
+KERAS_BN_MOMENTUM = 0.01  # PyTorch counts momentum the other way round: Keras 0.99 -> 0.01
+
+
+def _pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    if isinstance(size, int):
+        return size, size
+    height, width = size
+    return int(height), int(width)
+
+
+def feature_map_size(image_size: int | tuple[int, int]) -> tuple[int, int]:
+    """Spatial size after both conv/pool stages (61x61 for a 256x256 input)."""
+    out = []
+    for side in _pair(image_size):
+        side = (side - 5) // 2  # 6x6 valid conv, then 2x2 max-pool
+        side = (side - 2) // 2  # 3x3 valid conv, then 2x2 max-pool
+        if side < 1:
+            raise ValueError(f"image_size {image_size} is too small for this network (need >= 14)")
+        out.append(side)
+    return out[0], out[1]
+
+
+class KerasCNN(nn.Module):
+    """Conv(64, 6x6) -> BN -> pool -> Conv(16, 3x3) -> BN -> pool -> Dense 64 -> 16 -> classes.
+
+    Takes a float batch ``(N, 3, H, W)`` in [0, 1] and returns logits ``(N, num_classes)``.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 5,
+        image_size: int | tuple[int, int] = 256,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+        fh, fw = feature_map_size(image_size)
+        bn2d = dict(eps=KERAS_BN_EPS, momentum=KERAS_BN_MOMENTUM)
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 64, kernel_size=6),
+            nn.ReLU(inplace=True),
+            nn.BatchNorm2d(64, **bn2d),
+            nn.MaxPool2d(2),
+            nn.Conv2d(64, 16, kernel_size=3),
+            nn.ReLU(inplace=True),
+            nn.BatchNorm2d(16, **bn2d),
+            nn.MaxPool2d(2),
+        )
+        self.flatten = nn.Flatten()
+        self.classifier = nn.Sequential(
+            nn.Linear(16 * fh * fw, 64),
+            nn.ReLU(inplace=True),
+            nn.BatchNorm1d(64, **bn2d),
+            nn.Dropout(dropout),
+            nn.Linear(64, 16),
+            nn.ReLU(inplace=True),
+            nn.BatchNorm1d(16, **bn2d),
+            nn.Dropout(dropout),
+            nn.Linear(16, num_classes),
+        )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Keras initialisation: Glorot-uniform kernels, zero biases, BN gamma=1 beta=0."""
+        for module in self.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.reset_parameters()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.flatten(self.features(x)))

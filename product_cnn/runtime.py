@@ -1,0 +1,61 @@
+"""Process-level settings that make CPU training fast: glibc malloc tuning.
+
+PyTorch's large activation buffers are allocated with ``mmap`` and handed back to the OS after
+every op by default glibc malloc, so CPU training spends most of its time in page faults.
+Keeping freed memory in the heap instead made the same training loop about 2.5x faster on a
+2-core machine (see ``bench/``). This is the in-code equivalent of
+``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=... MALLOC_TOP_PAD_=...``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import os
+import sys
+
+log = logging.getLogger(__name__)
+
+# mallopt parameter numbers from glibc's <malloc.h>
+_M_TRIM_THRESHOLD = -1
+_M_TOP_PAD = -2
+_M_MMAP_MAX = -4
+
+_TRIM_THRESHOLD = 2**31 - 1  # keep up to 2 GiB of freed memory in the heap
+_TOP_PAD = 2**30  # grow the heap in 1 GiB steps (address space only until touched)
+
+_applied = False
+
+
+def tune_malloc() -> bool:
+    """Tell glibc malloc to keep freed memory instead of returning it to the OS.
+
+    Returns True when the settings were applied (Linux with glibc), False otherwise. Does
+    nothing when the user set ``PRODUCT_CNN_TUNE_MALLOC=0`` or any ``MALLOC_*`` variable
+    of their own, or when jemalloc/tcmalloc is preloaded.
+    """
+    global _applied
+    if _applied:
+        return True
+    if os.environ.get("PRODUCT_CNN_TUNE_MALLOC", "1") == "0" or not sys.platform.startswith("linux"):
+        return False
+    if any(k.startswith("MALLOC_") for k in os.environ) or "LD_PRELOAD" in os.environ:
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (musl, macOS)
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    ok = all(
+        mallopt(param, value)
+        for param, value in (
+            (_M_MMAP_MAX, 0),
+            (_M_TRIM_THRESHOLD, _TRIM_THRESHOLD),
+            (_M_TOP_PAD, _TOP_PAD),
+        )
+    )
+    _applied = ok
+    log.debug("glibc malloc tuned for PyTorch CPU training: %s", ok)
+    return ok

@@ -1,0 +1,149 @@
+"""What the entry points run: ``train(cfg)`` and ``evaluate(cfg)``, plus one-line error reporting."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
+
+from product_cnn.checkpoint import read_checkpoint
+from product_cnn.data.datamodule import ProductDataModule
+from product_cnn.errors import CheckpointError, ProductCNNError
+from product_cnn.module import ProductClassifier
+from product_cnn.runtime import tune_malloc
+
+log = logging.getLogger(__name__)
+
+
+def _quiet_lightning() -> None:
+    """Drop two messages that tell a user nothing about their run."""
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+        lambda record: not str(record.msg).startswith("💡 Tip")
+    )
+
+
+def run(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
+    """Run ``task``; a user-facing error becomes one line on stderr and exit status 2."""
+    _quiet_lightning()
+    try:
+        return task(cfg)
+    except (ProductCNNError, MissingMandatoryValue) as err:
+        message = one_line(err)
+        log.error(message)
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def one_line(err: BaseException) -> str:
+    """The user-facing line of ``err``, also when a DataLoader worker wrapped it in a traceback."""
+    text = str(err).strip()
+    if isinstance(err, MissingMandatoryValue):
+        key = getattr(err, "full_key", "") or text
+        return f"missing config value {key}: set it on the command line, e.g. {key}=..."
+    last = text.splitlines()[-1] if text else type(err).__name__
+    prefix = f"{type(err).__module__}.{type(err).__name__}: "
+    return last[len(prefix):] if last.startswith(prefix) else last
+
+
+def _instantiate_all(group: DictConfig | None) -> list[Any]:
+    """Instantiate every entry with a ``_target_`` in a callbacks/logger config group."""
+    if not group:
+        return []
+    return [instantiate(c) for c in group.values() if isinstance(c, DictConfig) and "_target_" in c]
+
+
+def _format_metrics(metrics: dict[str, float]) -> str:
+    return "  ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit the model, then test the best checkpoint; return all final metrics."""
+    tune_malloc()
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+    datamodule: ProductDataModule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    model: ProductClassifier = instantiate(
+        cfg.model, class_names=datamodule.class_names, _recursive_=False
+    )
+    trainer: L.Trainer = instantiate(
+        cfg.trainer,
+        callbacks=_instantiate_all(cfg.get("callbacks")),
+        logger=_instantiate_all(cfg.get("logger")) or False,
+    )
+    # (the hydra node is present only when composed with return_hydra_config, as in tests)
+    run_config = OmegaConf.to_container(
+        OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True
+    )
+    for logger in trainer.loggers:
+        logger.log_hyperparams({"config": run_config})
+
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+    if cfg.get("test", True):
+        checkpoint = trainer.checkpoint_callback
+        best = checkpoint.best_model_path if checkpoint is not None else ""
+        if best:
+            log.info("Testing the best checkpoint: %s", best)
+        else:
+            log.warning("No checkpoint was saved; testing the weights at the end of training")
+        results = trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
+        metrics.update(results[0] if results else {})
+        log.info("Test: %s", _format_metrics({k: v for k, v in metrics.items() if k.startswith("test/")}))
+    out = cfg.paths.output_dir
+    log.info("Outputs in %s  (TensorBoard: tensorboard --logdir %s)", out, out)
+    return metrics
+
+
+def datamodule_from_checkpoint(checkpoint: dict[str, Any], data_cfg: DictConfig | None) -> ProductDataModule:
+    """The data set a checkpoint was trained on, with any non-null ``data_cfg`` field overriding it.
+
+    A ``data_cfg`` with a ``_target_`` (e.g. ``data=folder``) is used as is instead.
+    """
+    if data_cfg is not None and "_target_" in data_cfg:
+        return instantiate(data_cfg)
+    saved = checkpoint.get("datamodule_hyper_parameters")
+    overrides = {k: v for k, v in (data_cfg or {}).items() if v is not None}
+    if not saved and "root" not in overrides:
+        raise CheckpointError("the checkpoint does not record its data set: pass data.root=/path/to/photos")
+    params = dict(saved or {})
+    if "root" in overrides:  # a user folder, never a place to generate demo data into
+        params["demo"] = False
+    params.update(overrides)
+    return ProductDataModule(**params)
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    """Test a saved checkpoint on a data set; return the test metrics."""
+    tune_malloc()
+    ckpt_path = str(Path(cfg.ckpt_path).expanduser())
+    checkpoint = read_checkpoint(ckpt_path)
+    model = ProductClassifier(**checkpoint["hyper_parameters"])
+    datamodule = datamodule_from_checkpoint(checkpoint, cfg.get("data"))
+    datamodule.prepare_data()
+    datamodule.setup("test")
+    if datamodule.class_names != model.class_names:
+        raise CheckpointError(
+            f"checkpoint {ckpt_path} was trained on classes {model.class_names}, "
+            f"but {datamodule.hparams.root} has {datamodule.class_names}"
+        )
+    trainer: L.Trainer = instantiate(
+        cfg.trainer,
+        callbacks=_instantiate_all(cfg.get("callbacks")),
+        logger=_instantiate_all(cfg.get("logger")) or False,
+    )
+    results = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    metrics = dict(results[0]) if results else {}
+    log.info("Test of %s: %s", ckpt_path, _format_metrics(metrics))
+    return metrics

@@ -1,0 +1,41 @@
+import hashlib
+
+import pytest
+
+from product_cnn.data.demo import CLASS_NAMES, ensure_demo_dataset, generate
+from product_cnn.errors import DataError
+
+
+def _digest(root):
+    files = sorted(p for p in root.rglob("*.jpg"))
+    return [(p.relative_to(root).as_posix(), hashlib.sha256(p.read_bytes()).hexdigest()) for p in files]
+
+
+def test_generator_is_deterministic(tmp_path):
+    generate(tmp_path / "a", images_per_class=3, seed=5)
+    generate(tmp_path / "b", images_per_class=3, seed=5)
+    generate(tmp_path / "c", images_per_class=3, seed=6)
+    a, b, c = _digest(tmp_path / "a"), _digest(tmp_path / "b"), _digest(tmp_path / "c")
+    assert a == b
+    assert len(a) == 15 and {name.split("/")[0] for name, _ in a} == set(CLASS_NAMES)
+    assert [h for _, h in a] != [h for _, h in c]
+    assert len({h for _, h in a}) == 15  # every picture differs
+
+
+def test_demo_tree_is_written_once_then_reused(tmp_path):
+    root = ensure_demo_dataset(tmp_path / "demo", images_per_class=2, seed=0)
+    first = root / "Home" / "0000.jpg"
+    mtime = first.stat().st_mtime_ns
+    assert ensure_demo_dataset(tmp_path / "demo", images_per_class=2, seed=0) == root
+    assert first.stat().st_mtime_ns == mtime
+    assert [p.name for p in tmp_path.iterdir()] == ["demo"]  # no temporary folder left behind
+
+
+def test_demo_never_writes_into_a_foreign_folder(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "keep.txt").write_text("user data")
+    with pytest.raises(DataError, match="not a demo data set"):
+        ensure_demo_dataset(tmp_path / "mine", images_per_class=2)
+    ensure_demo_dataset(tmp_path / "demo", images_per_class=2, seed=0)
+    with pytest.raises(DataError, match="different demo data set"):
+        ensure_demo_dataset(tmp_path / "demo", images_per_class=3, seed=0)

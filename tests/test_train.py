@@ -1,0 +1,108 @@
+"""End-to-end runs of the entry points: Hydra configs -> train -> checkpoint -> eval."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from product_cnn.tasks import evaluate, train
+from tests.conftest import CONF_DIR, REPO, compose_cfg
+
+
+def test_fast_dev_run_on_the_demo_data(train_cfg):
+    cfg = train_cfg("debug=fdr", "data.demo_images_per_class=4")
+    metrics = train(cfg)
+    assert {"train/loss", "val/acc", "test/acc", "test/f1"} <= set(metrics)
+    assert Path(cfg.data.root, "Stationary", "0003.jpg").is_file()
+
+
+def test_two_epochs_then_eval_reproduces_the_test_accuracy(train_cfg, tree_factory, tmp_path):
+    root = tree_factory({"Bags": 12, "Cups": 12, "Pens": 12})
+    cfg = train_cfg("data=folder", f"data.root={root}", "trainer.max_epochs=2")
+    metrics = train(cfg)
+    run = Path(cfg.paths.output_dir)
+    best = next((run / "checkpoints").glob("epoch_*.ckpt"))
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+
+    saved = torch.load(best, map_location="cpu", weights_only=True)
+    assert saved["hyper_parameters"]["class_names"] == ["Bags", "Cups", "Pens"]
+    assert saved["datamodule_hyper_parameters"]["root"] == str(root)
+
+    overrides = ["trainer.accelerator=cpu", "data.num_workers=0", f"ckpt_path={best}"]
+    eval_cfg = compose_cfg("eval", overrides, tmp_path / "eval", tmp_path / "cache")
+    result = evaluate(eval_cfg)
+    assert result["test/acc"] == pytest.approx(metrics["test/acc"])
+    assert result["test/loss"] == pytest.approx(metrics["test/loss"], rel=1e-5)
+
+
+def test_eval_refuses_data_with_other_classes(train_cfg, tree_factory, tmp_path):
+    from product_cnn.errors import CheckpointError
+
+    root = tree_factory({"Bags": 6, "Cups": 6})
+    cfg = train_cfg("data=folder", f"data.root={root}", "trainer.max_epochs=1", "test=false")
+    train(cfg)
+    best = next(Path(cfg.paths.output_dir, "checkpoints").glob("epoch_*.ckpt"))
+    other = tree_factory({"Hats": 6, "Cups": 6}, name="other")
+    eval_cfg = compose_cfg("eval", [f"ckpt_path={best}", f"data.root={other}"], tmp_path / "e", tmp_path / "c")
+    with pytest.raises(CheckpointError, match=r"trained on classes \['Bags', 'Cups'\]"):
+        evaluate(eval_cfg)
+
+
+@pytest.mark.parametrize(
+    ("config", "overrides"),
+    [("train", [f"{group}={option.stem}"]) for group in ("data", "trainer", "logger", "callbacks", "debug")
+     for option in sorted((CONF_DIR / group).glob("*.yaml"))]
+    + [("train", ["experiment=original"]), ("eval", ["ckpt_path=x.ckpt"])],
+)
+def test_every_config_option_composes(config, overrides):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        cfg = compose(config, overrides=[*overrides, "data.root=/x"] if "data=folder" in overrides
+                      else overrides)
+    assert cfg.trainer._target_.startswith("lightning")
+    if overrides == ["experiment=original"]:
+        assert (cfg.trainer.max_epochs, cfg.data.batch_size, cfg.model.optimizer.eps) == (50, 32, 1e-7)
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(REPO / args[0]), *args[1:], f"hydra.run.dir={cwd}/out"],
+        cwd=cwd, capture_output=True, text=True, timeout=300,
+    )
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        (lambda tmp: tmp / "nowhere", r"error: data root .*nowhere does not exist"),
+        (lambda tmp: (tmp / "one" / "Bags").mkdir(parents=True) or tmp / "one",
+         r"error: class folder\(s\) with no images: .*Bags"),
+    ],
+)
+def test_cli_reports_bad_data_in_one_line(tmp_path, make, expected):
+    root = make(tmp_path)
+    proc = _cli("train.py", "data=folder", f"data.root={root}", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    error_lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1
+    import re
+
+    assert re.search(expected, error_lines[0]), proc.stderr
+
+
+def test_cli_asks_for_a_missing_data_root(tmp_path):
+    proc = _cli("train.py", "data=folder", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "error: missing config value data.root" in proc.stderr
+
+
+def test_cli_eval_of_a_missing_checkpoint(tmp_path):
+    proc = _cli("eval.py", f"ckpt_path={tmp_path}/none.ckpt", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert f"error: checkpoint {tmp_path}/none.ckpt does not exist" in proc.stderr

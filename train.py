@@ -1,0 +1,18 @@
+"""Train the product classifier: ``python train.py [hydra overrides]`` (see conf/train.yaml)."""
+
+import hydra
+from omegaconf import DictConfig
+
+from product_cnn.tasks import run, train
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    """Train, test the best checkpoint, and return the optimised metric (for sweeps)."""
+    metrics = run(train, cfg)
+    metric = cfg.get("optimized_metric")
+    return metrics.get(metric) if metric else None
+
+
+if __name__ == "__main__":
+    main()
