@@ -25,13 +25,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
 from product_cnn.errors import DataError
 
 log = logging.getLogger(__name__)
 
-DEMO_VERSION = 1
+DEMO_VERSION = 3
 CLASS_NAMES = ("Accessories", "Artifacts", "Fashion", "Home", "Stationary")
 _LAYER = 240  # objects are drawn on a square transparent layer of this side, centred
 _MARKER = "demo.json"
@@ -219,10 +219,29 @@ FAMILIES: dict[str, tuple[Drawer, ...]] = {
 }
 
 
+# Base colours per category, as in real catalogues (metals, ceramics, textiles, wood, plastic);
+# each picture jitters its base colour, and palettes overlap a little between categories.
+PALETTES: dict[str, tuple[Color, ...]] = {
+    "Accessories": ((212, 175, 55), (192, 192, 200), (183, 110, 121), (45, 35, 35), (120, 70, 30)),
+    "Artifacts": ((190, 90, 50), (140, 100, 40), (150, 145, 135), (120, 170, 140), (40, 60, 150)),
+    "Fashion": ((200, 30, 60), (30, 40, 90), (230, 120, 170), (70, 100, 150), (30, 30, 30)),
+    "Home": ((150, 100, 60), (235, 235, 225), (170, 200, 220), (110, 110, 110), (150, 180, 130)),
+    "Stationary": ((30, 60, 200), (200, 30, 30), (25, 25, 25), (240, 200, 30), (30, 140, 60)),
+}
+
+
+def _pick_color(category: str, rng: np.random.Generator) -> Color:
+    base = np.array(PALETTES[category][int(rng.integers(len(PALETTES[category])))])
+    return tuple(int(v) for v in np.clip(base + rng.integers(-30, 31, size=3), 0, 255))  # type: ignore
+
+
 def _background(rng: np.random.Generator, width: int, height: int) -> Image.Image:
+    """Mostly light studio backgrounds (plain or gradient), sometimes coloured or cluttered."""
     kind = rng.random()
-    a, b = np.array(_color(rng, 120, 256), float), np.array(_color(rng, 60, 256), float)
-    if kind < 0.4:  # plain, mostly light like a studio shot
+    light = kind < 0.7
+    a = np.array(_color(rng, 200, 256) if light else _color(rng, 60, 256), float)
+    b = np.array(_color(rng, 200, 256) if light else _color(rng, 60, 256), float)
+    if kind < 0.35:
         return Image.new("RGB", (width, height), tuple(int(v) for v in a))
     if rng.random() < 0.5:
         t = np.linspace(0, 1, height)[:, None, None]
@@ -230,7 +249,7 @@ def _background(rng: np.random.Generator, width: int, height: int) -> Image.Imag
         t = np.linspace(0, 1, width)[None, :, None]
     grad = a * (1 - t) + b * t
     image = Image.fromarray(np.broadcast_to(grad, (height, width, 3)).astype(np.uint8), "RGB")
-    if kind > 0.7:  # clutter: a few random soft shapes
+    if kind > 0.85:  # clutter: a few random soft shapes
         draw = ImageDraw.Draw(image)
         for _ in range(int(rng.integers(2, 6))):
             x, y = rng.uniform(0, width), rng.uniform(0, height)
@@ -240,22 +259,55 @@ def _background(rng: np.random.Generator, width: int, height: int) -> Image.Imag
     return image
 
 
+def _surface(category: str, rng: np.random.Generator) -> Image.Image | None:
+    """A category's typical surface pattern as a mask (fabric prints, wood grain, glazes...)."""
+    mask = Image.new("L", (_LAYER, _LAYER), 0)
+    d = ImageDraw.Draw(mask)
+    if category == "Fashion" and rng.random() < 0.8:  # stripes, checks or dots
+        step, kind = int(rng.integers(10, 20)), rng.random()
+        for k in range(0, _LAYER, step):
+            if kind < 0.7:
+                d.rectangle([0, k, _LAYER, k + step // 3], fill=255)
+            if 0.35 < kind < 0.7:
+                d.rectangle([k, 0, k + step // 3, _LAYER], fill=255)
+            if kind >= 0.7:
+                for j in range(0, _LAYER, step):
+                    d.ellipse([j, k, j + step // 2, k + step // 2], fill=255)
+    elif category == "Home" and rng.random() < 0.6:  # wood grain
+        for k in range(0, _LAYER, int(rng.integers(6, 12))):
+            d.line([(x, k + 3 * math.sin(x / 9 + k)) for x in range(0, _LAYER, 8)], fill=170, width=2)
+    elif category == "Artifacts" and rng.random() < 0.8:  # glaze bands
+        for k in range(int(rng.integers(2, 5))):
+            y = rng.uniform(30, 210)
+            d.rectangle([0, y, _LAYER, y + rng.uniform(4, 10)], fill=255)
+    elif category == "Accessories":  # metallic shine
+        for k in range(_LAYER):
+            d.line([k, 0, k - _LAYER, _LAYER], fill=int(110 * (0.5 + 0.5 * math.sin(k / 14))))
+    else:
+        return None
+    return mask
+
+
 def render(category: str, rng: np.random.Generator) -> Image.Image:
-    """One synthetic photo of a product from ``category``'s family."""
+    """One synthetic product photo from ``category``'s family, roughly centred as in a shop."""
     drawers = FAMILIES[category]
     width, height = (int(v) for v in rng.integers(256, 400, size=2))
     image = _background(rng, width, height)
     layer = Image.new("RGBA", (_LAYER, _LAYER), (0, 0, 0, 0))
-    drawers[int(rng.integers(len(drawers)))](ImageDraw.Draw(layer), rng, _color(rng, 0, 230))
-    layer = layer.rotate(float(rng.uniform(-35, 35)), resample=Image.Resampling.BICUBIC, expand=True)
-    side = int(min(width, height) * rng.uniform(0.5, 0.95))
+    drawers[int(rng.integers(len(drawers)))](ImageDraw.Draw(layer), rng, _pick_color(category, rng))
+    surface = _surface(category, rng)
+    if surface is not None:
+        tint = (255, 255, 255) if rng.random() < 0.5 else _color(rng)
+        layer.paste(tint, mask=ImageChops.multiply(layer.getchannel("A"), surface))
+    layer = layer.rotate(float(rng.uniform(-15, 15)), resample=Image.Resampling.BICUBIC, expand=True)
+    side = int(min(width, height) * rng.uniform(0.85, 1.05))
     layer = layer.resize((side, side), Image.Resampling.BICUBIC)
-    x = int(rng.integers(-side // 10, max(1, width - side + side // 10)))
-    y = int(rng.integers(-side // 10, max(1, height - side + side // 10)))
+    x = int((width - side) / 2 + rng.uniform(-0.06, 0.06) * width)
+    y = int((height - side) / 2 + rng.uniform(-0.06, 0.06) * height)
     image.paste(layer, (x, y), layer)
     if rng.random() < 0.3:
         image = image.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.5, 1.5))))
-    noise = rng.normal(0, rng.uniform(2, 14), size=(height, width, 3))
+    noise = rng.normal(0, rng.uniform(2, 12), size=(height, width, 3))
     pixels = np.clip(np.asarray(image, float) + noise, 0, 255).astype(np.uint8)
     return Image.fromarray(pixels, "RGB")
 
