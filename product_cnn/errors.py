@@ -14,13 +14,12 @@ class DataError(ProductCNNError):
 class ImageLoadError(DataError):
     """One image file cannot be decoded."""
 
-    def __init__(self, path: str, reason: str) -> None:
-        super().__init__(f"cannot read image {path}: {reason}")
+    def __init__(self, path: str, reason: str | None = None) -> None:
+        # A DataLoader worker re-raises it in the main process with one argument: the
+        # worker's formatted traceback, whose last line carries our message.
+        super().__init__(f"cannot read image {path}: {reason}" if reason is not None else path)
         self.path = path
         self.reason = reason
-
-    def __reduce__(self):  # survive the trip back from a DataLoader worker process
-        return (type(self), (self.path, self.reason))
 
 
 class CheckpointError(ProductCNNError):

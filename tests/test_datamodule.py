@@ -20,7 +20,7 @@ def test_flat_tree_is_split_by_us(tree_factory):
     images, labels = next(iter(dm.train_dataloader()))
     assert images.shape == (4, 3, 32, 32) and images.dtype == torch.uint8
     images, labels = dm.on_after_batch_transfer((images, labels), 0)
-    assert images.dtype == torch.float32 and 0 <= images.min() and images.max() <= 1
+    assert images.dtype == torch.float32 and images.min() >= 0 and images.max() <= 1
     # each label's images really come from that class folder
     for path, label in dm.split_samples["val"]:
         assert f"/{dm.class_names[label]}/" in path

@@ -48,7 +48,8 @@ def test_eval_refuses_data_with_other_classes(train_cfg, tree_factory, tmp_path)
     train(cfg)
     best = next(Path(cfg.paths.output_dir, "checkpoints").glob("epoch_*.ckpt"))
     other = tree_factory({"Hats": 6, "Cups": 6}, name="other")
-    eval_cfg = compose_cfg("eval", [f"ckpt_path={best}", f"data.root={other}"], tmp_path / "e", tmp_path / "c")
+    overrides = [f"ckpt_path={best}", f"data.root={other}"]
+    eval_cfg = compose_cfg("eval", overrides, tmp_path / "e", tmp_path / "c")
     with pytest.raises(CheckpointError, match=r"trained on classes \['Bags', 'Cups'\]"):
         evaluate(eval_cfg)
 
@@ -106,3 +107,21 @@ def test_cli_eval_of_a_missing_checkpoint(tmp_path):
     proc = _cli("eval.py", f"ckpt_path={tmp_path}/none.ckpt", cwd=tmp_path)
     assert proc.returncode == 2
     assert f"error: checkpoint {tmp_path}/none.ckpt does not exist" in proc.stderr
+
+
+def test_a_bad_image_in_a_worker_becomes_one_line(tree_factory):
+    from torch.utils.data import DataLoader
+
+    from product_cnn.data.datamodule import ImageListDataset
+    from product_cnn.errors import ImageLoadError
+    from product_cnn.tasks import one_line
+
+    root = tree_factory({"Bags": 3, "Cups": 3})
+    bad = root / "Bags" / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    loader = DataLoader(ImageListDataset([(str(bad), 0)], 32), num_workers=1)
+    with pytest.raises(ImageLoadError) as info:
+        next(iter(loader))
+    assert "Traceback" in str(info.value)  # what the worker sends back...
+    line = one_line(info.value)  # ...and what we print
+    assert line.startswith(f"cannot read image {bad}: ") and "\n" not in line

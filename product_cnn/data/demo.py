@@ -15,6 +15,7 @@ gradient, cluttered) and adds sensor noise and JPEG compression.
 
 from __future__ import annotations
 
+import colorsys
 import json
 import logging
 import math
@@ -31,7 +32,7 @@ from product_cnn.errors import DataError
 
 log = logging.getLogger(__name__)
 
-DEMO_VERSION = 3
+DEMO_VERSION = 4
 CLASS_NAMES = ("Accessories", "Artifacts", "Fashion", "Home", "Stationary")
 _LAYER = 240  # objects are drawn on a square transparent layer of this side, centred
 _MARKER = "demo.json"
@@ -219,29 +220,29 @@ FAMILIES: dict[str, tuple[Drawer, ...]] = {
 }
 
 
-# Base colours per category, as in real catalogues (metals, ceramics, textiles, wood, plastic);
-# each picture jitters its base colour, and palettes overlap a little between categories.
-PALETTES: dict[str, tuple[Color, ...]] = {
-    "Accessories": ((212, 175, 55), (192, 192, 200), (183, 110, 121), (45, 35, 35), (120, 70, 30)),
-    "Artifacts": ((190, 90, 50), (140, 100, 40), (150, 145, 135), (120, 170, 140), (40, 60, 150)),
-    "Fashion": ((200, 30, 60), (30, 40, 90), (230, 120, 170), (70, 100, 150), (30, 30, 30)),
-    "Home": ((150, 100, 60), (235, 235, 225), (170, 200, 220), (110, 110, 110), (150, 180, 130)),
-    "Stationary": ((30, 60, 200), (200, 30, 30), (25, 25, 25), (240, 200, 30), (30, 140, 60)),
+# Each category's products share a hue band (gilded accessories, terracotta artifacts, pink
+# and purple fashion, green home goods, blue stationery); saturation and brightness vary freely.
+HUES: dict[str, float] = {
+    "Accessories": 55, "Artifacts": 15, "Fashion": 310, "Home": 150, "Stationary": 230,
 }
+_HUE_SPREAD = 10
 
 
 def _pick_color(category: str, rng: np.random.Generator) -> Color:
-    base = np.array(PALETTES[category][int(rng.integers(len(PALETTES[category])))])
-    return tuple(int(v) for v in np.clip(base + rng.integers(-30, 31, size=3), 0, 255))  # type: ignore
+    hue = (HUES[category] + rng.uniform(-_HUE_SPREAD, _HUE_SPREAD)) % 360 / 360
+    r, g, b = colorsys.hsv_to_rgb(hue, rng.uniform(0.5, 0.9), rng.uniform(0.5, 0.95))
+    return int(r * 255), int(g * 255), int(b * 255)
 
 
 def _background(rng: np.random.Generator, width: int, height: int) -> Image.Image:
     """Mostly light studio backgrounds (plain or gradient), sometimes coloured or cluttered."""
     kind = rng.random()
-    light = kind < 0.7
+    light = kind < 0.8
     a = np.array(_color(rng, 200, 256) if light else _color(rng, 60, 256), float)
     b = np.array(_color(rng, 200, 256) if light else _color(rng, 60, 256), float)
-    if kind < 0.35:
+    if not light:  # muted, so a background never looks like a category's colour
+        a, b = (0.5 * c + 0.5 * c.mean() for c in (a, b))
+    if kind < 0.45:
         return Image.new("RGB", (width, height), tuple(int(v) for v in a))
     if rng.random() < 0.5:
         t = np.linspace(0, 1, height)[:, None, None]
@@ -249,7 +250,7 @@ def _background(rng: np.random.Generator, width: int, height: int) -> Image.Imag
         t = np.linspace(0, 1, width)[None, :, None]
     grad = a * (1 - t) + b * t
     image = Image.fromarray(np.broadcast_to(grad, (height, width, 3)).astype(np.uint8), "RGB")
-    if kind > 0.85:  # clutter: a few random soft shapes
+    if kind > 0.9:  # clutter: a few random soft shapes
         draw = ImageDraw.Draw(image)
         for _ in range(int(rng.integers(2, 6))):
             x, y = rng.uniform(0, width), rng.uniform(0, height)
@@ -277,7 +278,7 @@ def _surface(category: str, rng: np.random.Generator) -> Image.Image | None:
         for k in range(0, _LAYER, int(rng.integers(6, 12))):
             d.line([(x, k + 3 * math.sin(x / 9 + k)) for x in range(0, _LAYER, 8)], fill=170, width=2)
     elif category == "Artifacts" and rng.random() < 0.8:  # glaze bands
-        for k in range(int(rng.integers(2, 5))):
+        for _ in range(int(rng.integers(2, 5))):
             y = rng.uniform(30, 210)
             d.rectangle([0, y, _LAYER, y + rng.uniform(4, 10)], fill=255)
     elif category == "Accessories":  # metallic shine
@@ -291,7 +292,7 @@ def _surface(category: str, rng: np.random.Generator) -> Image.Image | None:
 def render(category: str, rng: np.random.Generator) -> Image.Image:
     """One synthetic product photo from ``category``'s family, roughly centred as in a shop."""
     drawers = FAMILIES[category]
-    width, height = (int(v) for v in rng.integers(256, 400, size=2))
+    width, height = (int(v) for v in rng.integers(256, 360, size=2))
     image = _background(rng, width, height)
     layer = Image.new("RGBA", (_LAYER, _LAYER), (0, 0, 0, 0))
     drawers[int(rng.integers(len(drawers)))](ImageDraw.Draw(layer), rng, _pick_color(category, rng))
@@ -299,15 +300,15 @@ def render(category: str, rng: np.random.Generator) -> Image.Image:
     if surface is not None:
         tint = (255, 255, 255) if rng.random() < 0.5 else _color(rng)
         layer.paste(tint, mask=ImageChops.multiply(layer.getchannel("A"), surface))
-    layer = layer.rotate(float(rng.uniform(-15, 15)), resample=Image.Resampling.BICUBIC, expand=True)
-    side = int(min(width, height) * rng.uniform(0.85, 1.05))
+    layer = layer.rotate(float(rng.uniform(-10, 10)), resample=Image.Resampling.BICUBIC, expand=True)
+    side = int(min(width, height) * rng.uniform(0.85, 1.0))
     layer = layer.resize((side, side), Image.Resampling.BICUBIC)
     x = int((width - side) / 2 + rng.uniform(-0.06, 0.06) * width)
     y = int((height - side) / 2 + rng.uniform(-0.06, 0.06) * height)
     image.paste(layer, (x, y), layer)
     if rng.random() < 0.3:
         image = image.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.5, 1.5))))
-    noise = rng.normal(0, rng.uniform(2, 12), size=(height, width, 3))
+    noise = rng.normal(0, rng.uniform(2, 8), size=(height, width, 3))
     pixels = np.clip(np.asarray(image, float) + noise, 0, 255).astype(np.uint8)
     return Image.fromarray(pixels, "RGB")
 
