@@ -24,8 +24,10 @@ log = logging.getLogger(__name__)
 
 
 def _quiet_lightning() -> None:
-    """Drop two messages that tell a user nothing about their run."""
+    """Drop messages that tell a user nothing about their run."""
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    # eval.py restores weights only; the training callbacks it names are not needed for that
+    warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`, callbacks")
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
         lambda record: not str(record.msg).startswith("💡 Tip")
     )

@@ -95,3 +95,13 @@ def test_root_is_recorded_absolute(tree_factory, monkeypatch):
     monkeypatch.chdir(root.parent)
     dm = ProductDataModule("photos")
     assert dm.hparams.root == str(root)
+
+
+@pytest.mark.shared_data
+def test_real_photos_scan_and_split(shared_slash5):
+    dm = ProductDataModule(str(shared_slash5))
+    dm.setup("fit")
+    assert dm.class_names == ["Accessories", "Artifacts", "Fashion", "Home", "Stationary"]
+    totals = [sum(c) for c in zip(*dm.counts().values(), strict=True)]
+    assert totals == [84, 28, 172, 128, 65]
+    assert all(n > 0 for split in dm.counts().values() for n in split)

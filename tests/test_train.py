@@ -125,3 +125,27 @@ def test_a_bad_image_in_a_worker_becomes_one_line(tree_factory):
     assert "Traceback" in str(info.value)  # what the worker sends back...
     line = one_line(info.value)  # ...and what we print
     assert line.startswith(f"cannot read image {bad}: ") and "\n" not in line
+
+
+def test_cli_train_then_eval_report_the_same_test_accuracy(tmp_path):
+    """The real command lines, as a user types them, on a small demo set."""
+    import re
+
+    env_cache = f"paths.cache_dir={tmp_path}/cache"
+    small = ["data.image_size=64", "data.demo_images_per_class=8", "trainer.max_epochs=2",
+             "trainer.accelerator=cpu", env_cache]
+    train_proc = _cli("train.py", *small, cwd=tmp_path)
+    assert train_proc.returncode == 0, train_proc.stderr[-2000:]
+    out = tmp_path / "out"
+    assert (out / ".hydra" / "config.yaml").is_file() and (out / "train.log").is_file()
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    best = next((out / "checkpoints").glob("epoch_*.ckpt"))
+    log = (out / "train.log").read_text()
+    assert "Accessories" in log and "total" in log  # classes and split counts are printed
+    trained = re.search(r"Test: test/acc=([0-9.]+)", log).group(1)
+
+    (tmp_path / "e").mkdir()
+    eval_proc = _cli("eval.py", f"ckpt_path={best}", "trainer.accelerator=cpu", env_cache, cwd=tmp_path / "e")
+    assert eval_proc.returncode == 0, eval_proc.stderr[-2000:]
+    evaluated = re.search(r"test/acc=([0-9.]+)", (tmp_path / "e" / "out" / "eval.log").read_text())
+    assert evaluated.group(1) == trained
