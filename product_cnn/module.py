@@ -11,12 +11,31 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torchmetrics import MeanMetric, MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+    MulticlassPrecision,
+    MulticlassRecall,
+)
 
 from product_cnn.model import KerasCNN
 
 STAGES = ("train", "val", "test")
 KERAS_ADAM = {"_target_": "torch.optim.Adam", "lr": 1e-3, "betas": [0.9, 0.999], "eps": 1e-7}
+
+
+def report_metrics(num_classes: int) -> MetricCollection:
+    """Everything the evaluation report needs, all derived from synced per-class counts."""
+    metrics: dict[str, Any] = {
+        "acc": MulticlassAccuracy(num_classes, average="micro"),
+        "confmat": MulticlassConfusionMatrix(num_classes),
+    }
+    for name, cls in (("precision", MulticlassPrecision), ("recall", MulticlassRecall),
+                      ("f1", MulticlassF1Score)):
+        for average in ("none", "macro", "weighted"):
+            metrics[f"{name}_{average}"] = cls(num_classes, average=average, zero_division=0)
+    return MetricCollection(metrics)
 
 
 def _plain(value: Any) -> Any:
@@ -60,6 +79,13 @@ class ProductClassifier(L.LightningModule):
             f"{stage}_": metrics.clone(prefix=f"{stage}/") for stage in STAGES
         })
         self.losses = torch.nn.ModuleDict({f"{stage}_": MeanMetric() for stage in STAGES})
+        self.val_confmat = MulticlassConfusionMatrix(num_classes)
+        self.test_report_metrics = report_metrics(num_classes)
+        # filled as training and testing go; read by callbacks and the report writer
+        self.history: list[dict[str, float]] = []  # one entry per epoch: train/* and val/*
+        self.val_confusion: torch.Tensor | None = None  # of the latest validation epoch
+        self.test_report: dict[str, torch.Tensor] | None = None  # report_metrics, computed
+        self._last_val: dict[str, float] = {}
 
     @property
     def class_names(self) -> list[str]:
@@ -70,28 +96,33 @@ class ProductClassifier(L.LightningModule):
         """Logits for a float batch in [0, 1]."""
         return self.net(x)
 
-    def _step(self, batch: Any, stage: str) -> torch.Tensor:
+    def _step(self, batch: Any, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = batch[0], batch[1]
         logits = self(images)
         loss = F.cross_entropy(logits, labels)
         self.losses[f"{stage}_"].update(loss.detach(), weight=labels.numel())
         self.metrics[f"{stage}_"].update(logits.detach(), labels)
-        return loss
+        return loss, logits.detach()
 
-    def _log_epoch(self, stage: str) -> None:
+    def _log_epoch(self, stage: str) -> dict[str, float]:
+        """Compute (synced across processes by torchmetrics), log and reset a stage's metrics."""
         values = {f"{stage}/loss": self.losses[f"{stage}_"].compute(), **self.metrics[f"{stage}_"].compute()}
         self.log_dict(values, sync_dist=False, prog_bar=stage != "test")
         self.losses[f"{stage}_"].reset()
         self.metrics[f"{stage}_"].reset()
+        return {k: float(v) for k, v in values.items()}
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
+        return self._step(batch, "train")[0]
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self._step(batch, "val")
+        _, logits = self._step(batch, "val")
+        self.val_confmat.update(logits, batch[1])
 
-    def test_step(self, batch: Any, batch_idx: int) -> None:
-        self._step(batch, "test")
+    def test_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
+        _, logits = self._step(batch, "test")
+        self.test_report_metrics.update(logits, batch[1])
+        return {"probs": torch.softmax(logits.float(), dim=1)}
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
         """Class probabilities (softmax) for a batch."""
@@ -99,17 +130,34 @@ class ProductClassifier(L.LightningModule):
         return torch.softmax(self(images).float(), dim=1)
 
     def on_train_epoch_end(self) -> None:
-        self._log_epoch("train")
+        train = self._log_epoch("train")
+        self.history.append({"epoch": self.current_epoch, **train, **self._last_val})
+        self._last_val = {}
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:  # the sanity check must not leak into val metrics
             self.losses["val_"].reset()
             self.metrics["val_"].reset()
+            self.val_confmat.reset()
             return
-        self._log_epoch("val")
+        self._last_val = self._log_epoch("val")
+        self.val_confusion = self.val_confmat.compute().cpu()
+        self.val_confmat.reset()
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test")
+        self.test_report = {k: v.cpu() for k, v in self.test_report_metrics.compute().items()}
+        self.test_report_metrics.reset()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["metric_history"] = [dict(h) for h in self.history]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Resuming or evaluating a checkpoint: take its history. Testing the best checkpoint
+        # right after training: keep the longer history of the whole run.
+        saved = [dict(h) for h in checkpoint.get("metric_history", [])]
+        if len(saved) >= len(self.history):
+            self.history = saved
 
     def configure_optimizers(self) -> Any:
         optimizer = instantiate(self.hparams.optimizer, params=self.parameters())

@@ -149,3 +149,33 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     metrics = dict(results[0]) if results else {}
     log.info("Test of %s: %s", ckpt_path, _format_metrics(metrics))
     return metrics
+
+
+def predict(cfg: DictConfig) -> int:
+    """Classify ``cfg.inputs`` with ``cfg.ckpt_path``, write CSV or JSON, return the failure count."""
+    from product_cnn.predict import Predictor, expand_inputs, sort_into, write_predictions
+
+    tune_malloc()
+    files = expand_inputs(cfg.inputs)
+    predictor = Predictor.from_checkpoint(cfg.ckpt_path, device=cfg.device, batch_size=cfg.batch_size,
+                                          num_workers=cfg.num_workers)
+    log.info("Classifying %d file(s) with %s on %s", len(files), cfg.ckpt_path, predictor.device)
+    predictions = predictor.predict(files, topk=cfg.topk, progress=len(files) > cfg.batch_size)
+    output = write_predictions(predictions, cfg.output, cfg.topk)
+    failed = [p for p in predictions if not p.ok]
+    for p in failed:
+        log.warning("Could not classify %s: %s", p.source, p.error)
+    if cfg.get("sort_into"):
+        copied = sort_into(predictions, cfg.sort_into)
+        log.info("Copied %d file(s) into %s/<category>/ (originals untouched)", copied, cfg.sort_into)
+    log.info("Classified %d of %d file(s); %d could not be read%s. Results: %s",
+             len(predictions) - len(failed), len(predictions), len(failed),
+             " (listed with their error in the results)" if failed else "", output)
+    return len(failed)
+
+
+def export(cfg: DictConfig) -> str:
+    """Export ``cfg.ckpt_path`` to ONNX or TorchScript; return the written path."""
+    from product_cnn.export import export as export_checkpoint
+
+    return str(export_checkpoint(cfg.ckpt_path, cfg.format, cfg.get("output")))

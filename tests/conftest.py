@@ -87,3 +87,20 @@ def shared_slash5() -> Path:
     if not SHARED_SLASH5.is_dir():
         pytest.skip(f"needs the real photos at {SHARED_SLASH5} (not in this checkout)")
     return SHARED_SLASH5
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> dict:
+    """A small training run (3 classes x 20 photos, 64x64, 2 epochs) for report/predict/export tests."""
+    from product_cnn.tasks import train
+
+    base = tmp_path_factory.mktemp("tiny_run")
+    root = make_tree(base / "photos", {"Bags": 20, "Cups": 20, "Pens": 20})
+    cfg = compose_cfg("train", [*FAST, "data=folder", f"data.root={root}", "trainer.max_epochs=2"],
+                      base / "run", base / "cache")
+    metrics = train(cfg)
+    run = Path(cfg.paths.output_dir)
+    return {
+        "cfg": cfg, "metrics": metrics, "run": run, "root": root,
+        "best": next((run / "checkpoints").glob("epoch_*.ckpt")),
+    }

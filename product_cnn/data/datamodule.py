@@ -8,6 +8,8 @@ from typing import Any
 
 import lightning as L
 import torch
+import torch.distributed as dist
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
 from product_cnn.data.demo import ensure_demo_dataset
@@ -138,10 +140,16 @@ class ProductDataModule(L.LightningDataModule):
         hp = self.hparams
         # A last training batch of one sample would break BatchNorm1d; drop only that case.
         drop_last = shuffle and len(dataset) % hp.batch_size == 1
+        sampler = None
+        if not shuffle and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            # Evaluate every image exactly once: Lightning's default DistributedSampler pads the
+            # last batches with repeated images so that every process gets the same count.
+            sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)
         return DataLoader(
             dataset,
             batch_size=hp.batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             drop_last=drop_last,
             num_workers=hp.num_workers,
             pin_memory=hp.pin_memory,

@@ -1,0 +1,219 @@
+"""Classify new photos with a trained checkpoint: ``Predictor.from_checkpoint(path).predict(images)``.
+
+Images go through the checkpoint's own preprocessing (:func:`product_cnn.data.images.load_image`
+at the image size it was trained with) and come back with the checkpoint's class names. A file
+that cannot be read does not stop the others: its result carries the error instead.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import json
+import logging
+import os
+import shutil
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+from rich.progress import Progress
+from torch.utils.data import DataLoader, Dataset
+
+from product_cnn.atomic import write_text
+from product_cnn.checkpoint import read_checkpoint
+from product_cnn.data.images import load_image, pil_to_tensor, to_unit_float
+from product_cnn.errors import DataError, ImageLoadError
+from product_cnn.model import KerasCNN
+
+log = logging.getLogger(__name__)
+
+ImageInput = str | Path | Image.Image
+
+
+@dataclass
+class Prediction:
+    """One input's result: the top category and its probability, the top-k, or an error."""
+
+    source: str
+    category: str | None = None
+    confidence: float | None = None
+    topk: list[tuple[str, float]] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class _InputDataset(Dataset):
+    """Decodes each input; an unreadable one yields a blank image and its error message."""
+
+    def __init__(self, inputs: Sequence[ImageInput], image_size: int | tuple[int, int]) -> None:
+        self.inputs = inputs
+        self.image_size = image_size
+        size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        self.blank = torch.zeros(3, *size, dtype=torch.uint8)
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
+        item = self.inputs[index]
+        try:
+            if isinstance(item, Image.Image):
+                return pil_to_tensor(item, self.image_size), ""
+            return load_image(item, self.image_size), ""
+        except ImageLoadError as err:
+            return self.blank, err.reason or str(err)
+        except (OSError, ValueError) as err:  # a PIL image that fails to convert
+            return self.blank, f"cannot convert image: {err}"
+
+
+def expand_inputs(inputs: str | Path | Iterable[str | Path]) -> list[str]:
+    """Files, folders (recursively, every visible file) and glob patterns -> sorted file list.
+
+    Raises :class:`DataError` for a path or pattern that matches nothing.
+    """
+    items = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+    files: list[str] = []
+    for item in items:
+        text = os.path.expanduser(str(item))
+        if os.path.isdir(text):
+            for dirpath, dirnames, filenames in os.walk(text):
+                dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__MACOSX")
+                files += [os.path.join(dirpath, n) for n in sorted(filenames) if not n.startswith(".")]
+        elif os.path.isfile(text):
+            files.append(text)
+        elif glob.has_magic(text):
+            matches = sorted(p for p in glob.glob(text, recursive=True) if os.path.isfile(p))
+            if not matches:
+                raise DataError(f"no files match {text}")
+            files += matches
+        else:
+            raise DataError(f"input {text} does not exist")
+    return list(dict.fromkeys(files))  # keep order, drop repeats
+
+
+class Predictor:
+    """A trained network plus its class names and preprocessing, ready to classify photos."""
+
+    def __init__(self, net: KerasCNN, class_names: Sequence[str], image_size: int | tuple[int, int] = 256,
+                 device: str = "auto", batch_size: int = 32, num_workers: int = 0) -> None:
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self.net = net.to(self.device).eval()
+        self.class_names = list(class_names)
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str = "auto", batch_size: int = 32,
+                        num_workers: int = 0) -> Predictor:
+        """Load a training checkpoint safely (no pickled code runs)."""
+        from product_cnn.module import ProductClassifier  # Lightning only needed here
+
+        checkpoint = read_checkpoint(path)
+        model = ProductClassifier(**checkpoint["hyper_parameters"])
+        model.load_state_dict(checkpoint["state_dict"])
+        return cls(model.net, model.class_names, model.hparams.image_size, device, batch_size, num_workers)
+
+    @torch.no_grad()
+    def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
+        """Softmax probabilities for a uint8 or [0, 1] float batch ``(N, 3, H, W)``."""
+        return torch.softmax(self.net(to_unit_float(batch.to(self.device))).float(), dim=1).cpu()
+
+    def iter_predict(self, images: Sequence[ImageInput], topk: int = 3) -> Iterator[Prediction]:
+        """Yield one :class:`Prediction` per input, in order, batch by batch."""
+        topk = max(1, min(topk, len(self.class_names)))
+        loader = DataLoader(_InputDataset(images, self.image_size), batch_size=self.batch_size,
+                            num_workers=self.num_workers, pin_memory=self.device.type == "cuda")
+        index = 0
+        for batch, errors in loader:
+            probs = self.probabilities(batch)
+            top_p, top_i = probs.topk(topk, dim=1)
+            for row in range(len(errors)):
+                item = images[index]
+                source = str(item) if not isinstance(item, Image.Image) else f"<image {index}>"
+                index += 1
+                if errors[row]:
+                    yield Prediction(source, error=errors[row])
+                    continue
+                ranked = [(self.class_names[int(i)], float(p)) for p, i in zip(top_p[row], top_i[row],
+                                                                               strict=True)]
+                yield Prediction(source, ranked[0][0], ranked[0][1], ranked)
+
+    def predict(self, images: ImageInput | Sequence[ImageInput], topk: int = 3,
+                progress: bool = False) -> list[Prediction]:
+        """Classify paths and/or PIL images; ``progress`` shows a bar for long lists."""
+        if isinstance(images, (str, Path, Image.Image)):
+            images = [images]
+        images = list(images)
+        if not progress:
+            return list(self.iter_predict(images, topk))
+        results = []
+        with Progress(transient=True) as bar:
+            task = bar.add_task("Classifying", total=len(images))
+            for prediction in self.iter_predict(images, topk):
+                results.append(prediction)
+                bar.advance(task)
+        return results
+
+
+def predictions_table(predictions: Sequence[Prediction], topk: int) -> tuple[list[str], list[list]]:
+    """CSV header and rows: path, category, confidence, top-k categories and probabilities, error."""
+    header = ["path", "category", "confidence"]
+    for k in range(1, topk + 1):
+        header += [f"top{k}_category", f"top{k}_prob"]
+    header.append("error")
+    rows = []
+    for p in predictions:
+        ranked = [cell for name, prob in p.topk for cell in (name, f"{prob:.6f}")]
+        ranked += [""] * (2 * topk - len(ranked))
+        confidence = f"{p.confidence:.6f}" if p.confidence is not None else ""
+        rows.append([p.source, p.category or "", confidence, *ranked, p.error or ""])
+    return header, rows
+
+
+def write_predictions(predictions: Sequence[Prediction], path: str | Path, topk: int) -> Path:
+    """Write predictions as CSV or JSON (by the file suffix), atomically."""
+    path = Path(path)
+    if path.suffix.lower() == ".json":
+        text = json.dumps([asdict(p) for p in predictions], indent=2) + "\n"
+    else:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        header, rows = predictions_table(predictions, topk)
+        writer.writerow(header)
+        writer.writerows(rows)
+        text = buffer.getvalue()
+    write_text(path, text)
+    return path
+
+
+def sort_into(predictions: Sequence[Prediction], directory: str | Path) -> int:
+    """Copy each classified input file into ``directory/<category>/``; never move or overwrite.
+
+    Returns the number of files copied. A name already taken gets a ``-1``, ``-2``... suffix.
+    """
+    directory = Path(directory)
+    copied = 0
+    for p in predictions:
+        if not p.ok or not os.path.isfile(p.source):
+            continue
+        target_dir = directory / p.category
+        target_dir.mkdir(parents=True, exist_ok=True)
+        source = Path(p.source)
+        target = target_dir / source.name
+        n = 0
+        while target.exists():
+            n += 1
+            target = target_dir / f"{source.stem}-{n}{source.suffix}"
+        shutil.copy2(source, target)
+        copied += 1
+    return copied
