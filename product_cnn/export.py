@@ -40,8 +40,7 @@ def load_for_export(ckpt_path: str | Path) -> tuple[ProbabilityModel, dict]:
     from product_cnn.module import ProductClassifier
 
     checkpoint = read_checkpoint(ckpt_path)
-    module = ProductClassifier(**checkpoint["hyper_parameters"])
-    module.load_state_dict(checkpoint["state_dict"])
+    module = ProductClassifier.from_checkpoint_dict(checkpoint, channels_last=False)
     size = module.hparams.image_size
     height, width = (size, size) if isinstance(size, int) else size
     meta = {

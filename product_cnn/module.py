@@ -50,6 +50,8 @@ class ProductClassifier(L.LightningModule):
 
     ``optimizer`` and ``scheduler`` are Hydra-style dicts (``_target_`` plus arguments),
     instantiated in :meth:`configure_optimizers`. Class names are saved with the checkpoint.
+    ``channels_last`` stores weights and activations NHWC (faster convolutions on CPU and GPU);
+    ``compile`` runs the network through ``torch.compile``. Neither changes the checkpoint.
     """
 
     def __init__(
@@ -60,6 +62,8 @@ class ProductClassifier(L.LightningModule):
         dropout: float = 0.1,
         optimizer: Mapping[str, Any] | None = None,
         scheduler: Mapping[str, Any] | None = None,
+        channels_last: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         class_names = list(_plain(class_names)) if class_names is not None else None
@@ -70,6 +74,11 @@ class ProductClassifier(L.LightningModule):
         image_size = _plain(image_size)
         self.save_hyperparameters()
         self.net = KerasCNN(num_classes=num_classes, image_size=image_size, dropout=dropout)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        if channels_last:
+            self.net.to(memory_format=torch.channels_last)
+        if compile:
+            self.net.compile()  # in place: parameter names (and checkpoints) stay the same
         metrics = MetricCollection({
             "acc": MulticlassAccuracy(num_classes, average="micro"),
             "f1": MulticlassF1Score(num_classes, average="macro"),
@@ -87,6 +96,19 @@ class ProductClassifier(L.LightningModule):
         self.test_report: dict[str, torch.Tensor] | None = None  # report_metrics, computed
         self._last_val: dict[str, float] = {}
 
+    @classmethod
+    def from_checkpoint_dict(cls, checkpoint: Mapping[str, Any], load_weights: bool = True,
+                             **overrides: Any) -> ProductClassifier:
+        """Rebuild the module from a checkpoint read by :func:`read_checkpoint`.
+
+        Inference does not compile by default (``compile=False``), whatever training used.
+        """
+        hparams = {**checkpoint["hyper_parameters"], "compile": False, **overrides}
+        model = cls(**hparams)
+        if load_weights:
+            model.load_state_dict(checkpoint["state_dict"])
+        return model
+
     @property
     def class_names(self) -> list[str]:
         names = self.hparams.class_names
@@ -94,7 +116,7 @@ class ProductClassifier(L.LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for a float batch in [0, 1]."""
-        return self.net(x)
+        return self.net(x.contiguous(memory_format=self.memory_format))
 
     def _step(self, batch: Any, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = batch[0], batch[1]

@@ -131,7 +131,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     tune_malloc()
     ckpt_path = str(Path(cfg.ckpt_path).expanduser())
     checkpoint = read_checkpoint(ckpt_path)
-    model = ProductClassifier(**checkpoint["hyper_parameters"])
+    model = ProductClassifier.from_checkpoint_dict(checkpoint, load_weights=False)
     datamodule = datamodule_from_checkpoint(checkpoint, cfg.get("data"))
     datamodule.prepare_data()
     datamodule.setup("test")

@@ -43,6 +43,15 @@ def make_tree(root: Path, counts: dict[str, int], layout: str = "flat", suffix: 
     return root
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _cache_in_tmp(tmp_path_factory) -> None:
+    """Decoded-image caches of the tests go to a temporary folder, not the user's ~/.cache."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("PRODUCT_CNN_CACHE", str(tmp_path_factory.mktemp("product_cnn_cache")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture
 def tree_factory(tmp_path: Path) -> Callable[..., Path]:
     def factory(counts: dict[str, int] | None = None, layout: str = "flat", name: str = "photos") -> Path:

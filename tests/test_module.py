@@ -61,3 +61,14 @@ def test_metrics_match_a_manual_computation(small):
             correct += (model(images).argmax(1) == labels).sum().item()
             total += len(labels)
     assert result["test/acc"] == pytest.approx(correct / total)
+
+
+@pytest.mark.parametrize("option", ["channels_last", "compile"])
+def test_speed_options_give_the_same_outputs(option):
+    torch.manual_seed(0)
+    plain = ProductClassifier(num_classes=3, image_size=32).eval()
+    fast = ProductClassifier(num_classes=3, image_size=32, **{option: True}).eval()
+    fast.load_state_dict(plain.state_dict())
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), plain(x), atol=1e-5, rtol=1e-4)

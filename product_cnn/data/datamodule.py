@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import torch.distributed as dist
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
+from product_cnn.data.cache import DecodedImageCache
 from product_cnn.data.demo import ensure_demo_dataset
 from product_cnn.data.folder import SPLITS, FolderTree, Sample, scan_tree
 from product_cnn.data.images import load_image, to_unit_float
@@ -21,18 +23,33 @@ from product_cnn.errors import DataError
 log = logging.getLogger(__name__)
 
 
-class ImageListDataset(Dataset):
-    """``(uint8 image tensor (3, H, W), label)`` for a list of ``(path, label)`` samples."""
+def default_cache_dir() -> str:
+    """``$PRODUCT_CNN_CACHE`` when set and not empty, else ``~/.cache/product-cnn``."""
+    return os.environ.get("PRODUCT_CNN_CACHE") or str(Path("~/.cache/product-cnn").expanduser())
 
-    def __init__(self, samples: list[Sample], image_size: int | tuple[int, int] = 256) -> None:
+
+class ImageListDataset(Dataset):
+    """``(uint8 image tensor (3, H, W), label)`` for a list of ``(path, label)`` samples.
+
+    With a :class:`DecodedImageCache` the tensors come from it instead of the image files.
+    """
+
+    def __init__(self, samples: list[Sample], image_size: int | tuple[int, int] = 256,
+                 cache: DecodedImageCache | None = None) -> None:
         self.samples = samples
         self.image_size = image_size
+        self.cache = cache
+        if cache is not None:
+            position = {path: i for i, path in enumerate(cache.paths)}
+            self.cache_index = [position[path] for path, _ in samples]
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[index]
+        if self.cache is not None:
+            return self.cache[self.cache_index[index]], label
         return load_image(path, self.image_size), label
 
 
@@ -41,6 +58,9 @@ class ProductDataModule(L.LightningDataModule):
 
     Batches leave the loader as uint8 and are scaled to float in [0, 1] after they reach the
     device. With ``demo=True`` the synthetic demo tree is generated at ``root`` if missing.
+    With ``cache=True`` every photo is decoded once into a :class:`DecodedImageCache` under
+    ``cache_dir`` (default: ``$PRODUCT_CNN_CACHE`` or ``~/.cache/product-cnn``) and read from
+    there afterwards.
     """
 
     def __init__(
@@ -56,12 +76,16 @@ class ProductDataModule(L.LightningDataModule):
         pin_memory: bool = False,
         demo_images_per_class: int = 100,
         demo_seed: int = 0,
+        cache: bool = True,
+        cache_dir: str | None = None,
+        cache_memory_mb: int = 4096,
     ) -> None:
         super().__init__()
         root = str(Path(root).expanduser().resolve())
         self.save_hyperparameters()
         self.tree: FolderTree | None = None
         self.split_samples: dict[str, list[Sample]] = {}
+        self.cache: DecodedImageCache | None = None
 
     @property
     def class_names(self) -> list[str]:
@@ -102,6 +126,10 @@ class ProductDataModule(L.LightningDataModule):
                 hp.val_fraction, hp.test_fraction, hp.split_seed,
             )
         self.tree, self.split_samples = tree, splits
+        if hp.cache:
+            paths = sorted({path for samples in splits.values() for path, _ in samples})
+            self.cache = DecodedImageCache(paths, hp.image_size, hp.cache_dir or default_cache_dir(),
+                                           memory_limit=hp.cache_memory_mb * 2**20)
         if tree.ignored:
             log.warning("Ignored %d non-image file(s) in %s, e.g. %s",
                         len(tree.ignored), hp.root, tree.ignored[0])
@@ -133,7 +161,7 @@ class ProductDataModule(L.LightningDataModule):
         """The dataset for ``split`` (one of train, val, test)."""
         if split not in self.split_samples:
             raise DataError(f"no {split} split in {self.hparams.root}")
-        return ImageListDataset(self.split_samples[split], self.hparams.image_size)
+        return ImageListDataset(self.split_samples[split], self.hparams.image_size, self.cache)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         dataset = self.dataset(split)

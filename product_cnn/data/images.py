@@ -15,6 +15,8 @@ from PIL import Image, ImageOps
 
 from product_cnn.errors import ImageLoadError
 
+# Bump when load_image's output changes for the same file: it invalidates decoded-image caches.
+PREPROCESS_VERSION = 1
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
