@@ -23,9 +23,25 @@ def batchnorm_layers(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]
 
 
 class EpochBatchNormStats(Callback):
-    """Reset BatchNorm running statistics each training epoch and average over its batches."""
+    """Reset BatchNorm running statistics each training epoch and average over its batches.
+
+    The average is kept by setting each layer's momentum to ``1 / (k + 1)`` before the epoch's
+    k-th batch (k from 0), which is what ``momentum=None`` computes, without the GPU-to-CPU
+    sync that ``momentum=None`` costs on every forward pass. A compiled network keeps
+    ``momentum=None``: a momentum that changes every step would recompile it every step.
+    """
+
+    def __init__(self) -> None:
+        self._per_step = True
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._per_step = not getattr(pl_module.hparams, "compile", False)
         for bn in batchnorm_layers(pl_module):
             bn.reset_running_stats()
             bn.momentum = None  # cumulative moving average over this epoch's batches
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch,
+                             batch_idx: int) -> None:
+        if self._per_step:
+            for bn in batchnorm_layers(pl_module):
+                bn.momentum = 1.0 / (batch_idx + 1)

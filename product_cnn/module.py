@@ -79,15 +79,19 @@ class ProductClassifier(L.LightningModule):
             self.net.to(memory_format=torch.channels_last)
         if compile:
             self.net.compile()  # in place: parameter names (and checkpoints) stay the same
+        # Per-step metrics skip torchmetrics' input checks and NaN scans: each one is a GPU sync
+        # per step, and the inputs are ours (a NaN loss shows as a NaN epoch loss instead).
         metrics = MetricCollection({
-            "acc": MulticlassAccuracy(num_classes, average="micro"),
-            "f1": MulticlassF1Score(num_classes, average="macro"),
+            "acc": MulticlassAccuracy(num_classes, average="micro", validate_args=False),
+            "f1": MulticlassF1Score(num_classes, average="macro", validate_args=False),
         })
         # ModuleDict keys may not be "train" (an nn.Module method), hence the "_" suffix
         self.metrics = torch.nn.ModuleDict({
             f"{stage}_": metrics.clone(prefix=f"{stage}/") for stage in STAGES
         })
-        self.losses = torch.nn.ModuleDict({f"{stage}_": MeanMetric() for stage in STAGES})
+        self.losses = torch.nn.ModuleDict({
+            f"{stage}_": MeanMetric(nan_strategy="disable") for stage in STAGES
+        })
         self.val_confmat = MulticlassConfusionMatrix(num_classes)
         self.test_report_metrics = report_metrics(num_classes)
         # filled as training and testing go; read by callbacks and the report writer
