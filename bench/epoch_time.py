@@ -34,7 +34,8 @@ def run_training(root: Path, epochs: int, cache: bool, workdir: Path, extra: lis
         sys.executable, str(REPO / "train.py"), "experiment=original", "data=folder",
         f"data.root={root}", f"trainer.max_epochs={epochs}", f"data.cache={str(cache).lower()}",
         f"data.cache_dir={workdir / 'cache'}", "test=false", "callbacks.rich_progress_bar=null",
-        "callbacks.model_checkpoint=null", "+callbacks.step_timer._target_=common.StepTimer",
+        "callbacks.model_checkpoint=null", "callbacks.last_checkpoint=null",
+        "+callbacks.step_timer._target_=common.StepTimer",
         f"+callbacks.step_timer.out={out}", f"hydra.run.dir={workdir / f'run_{cache}'}", *extra,
     ]
     env = {**os.environ, "PYTHONPATH": f"{BENCH}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}

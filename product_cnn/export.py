@@ -40,7 +40,8 @@ def load_for_export(ckpt_path: str | Path) -> tuple[ProbabilityModel, dict]:
     from product_cnn.module import ProductClassifier
 
     checkpoint = read_checkpoint(ckpt_path)
-    module = ProductClassifier.from_checkpoint_dict(checkpoint, channels_last=False)
+    module = ProductClassifier.from_checkpoint_dict(checkpoint, name=f"checkpoint {ckpt_path}",
+                                                  channels_last=False)
     size = module.hparams.image_size
     height, width = (size, size) if isinstance(size, int) else size
     meta = {

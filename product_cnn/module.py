@@ -19,6 +19,7 @@ from torchmetrics.classification import (
     MulticlassRecall,
 )
 
+from product_cnn.errors import CheckpointError
 from product_cnn.model import KerasCNN
 
 STAGES = ("train", "val", "test")
@@ -52,6 +53,7 @@ class ProductClassifier(L.LightningModule):
     instantiated in :meth:`configure_optimizers`. Class names are saved with the checkpoint.
     ``channels_last`` stores weights and activations NHWC (faster convolutions on CPU and GPU);
     ``compile`` runs the network through ``torch.compile``. Neither changes the checkpoint.
+    ``class_weights`` (one per class) weight the training cross-entropy.
     """
 
     def __init__(
@@ -64,6 +66,7 @@ class ProductClassifier(L.LightningModule):
         scheduler: Mapping[str, Any] | None = None,
         channels_last: bool = False,
         compile: bool = False,
+        class_weights: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         class_names = list(_plain(class_names)) if class_names is not None else None
@@ -72,8 +75,14 @@ class ProductClassifier(L.LightningModule):
         optimizer = _plain(optimizer) if optimizer is not None else dict(KERAS_ADAM)
         scheduler = _plain(scheduler)
         image_size = _plain(image_size)
+        class_weights = [float(w) for w in _plain(class_weights)] if class_weights is not None else None
+        if class_weights is not None and len(class_weights) != num_classes:
+            raise ValueError(f"{len(class_weights)} class weights for {num_classes} classes")
         self.save_hyperparameters()
         self.net = KerasCNN(num_classes=num_classes, image_size=image_size, dropout=dropout)
+        # class-weighted training loss (data.balance=weighted_loss); val/test losses stay plain
+        self.register_buffer("class_weights", torch.tensor(class_weights) if class_weights else None,
+                             persistent=False)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
@@ -102,16 +111,31 @@ class ProductClassifier(L.LightningModule):
 
     @classmethod
     def from_checkpoint_dict(cls, checkpoint: Mapping[str, Any], load_weights: bool = True,
-                             **overrides: Any) -> ProductClassifier:
+                             name: str = "the checkpoint", **overrides: Any) -> ProductClassifier:
         """Rebuild the module from a checkpoint read by :func:`read_checkpoint`.
 
         Inference does not compile by default (``compile=False``), whatever training used.
+        Raises :class:`CheckpointError` (naming ``name``) when the hyper-parameters or weights
+        do not make this model.
         """
         hparams = {**checkpoint["hyper_parameters"], "compile": False, **overrides}
-        model = cls(**hparams)
+        try:
+            model = cls(**hparams)
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(f"{name} does not describe this model: {err}") from None
+        model.check_weights_fit(checkpoint["state_dict"], name)
         if load_weights:
             model.load_state_dict(checkpoint["state_dict"])
         return model
+
+    def check_weights_fit(self, state: Mapping[str, torch.Tensor], name: str = "the checkpoint") -> None:
+        """Raise :class:`CheckpointError` in one line when ``state`` does not fit this model."""
+        expected = self.state_dict()  # (load_state_dict's own message is many lines long)
+        wrong = [k for k in expected if k not in state or tuple(state[k].shape) != tuple(expected[k].shape)]
+        if wrong:
+            shapes = ", ".join(f"{k} {tuple(state[k].shape) if k in state else 'missing'} "
+                               f"(expected {tuple(expected[k].shape)})" for k in wrong[:3])
+            raise CheckpointError(f"{name} holds weights of another model: {shapes}")
 
     @property
     def class_names(self) -> list[str]:
@@ -125,7 +149,7 @@ class ProductClassifier(L.LightningModule):
     def _step(self, batch: Any, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = batch[0], batch[1]
         logits = self(images)
-        loss = F.cross_entropy(logits, labels)
+        loss = F.cross_entropy(logits, labels, weight=self.class_weights if stage == "train" else None)
         self.losses[f"{stage}_"].update(loss.detach(), weight=labels.numel())
         self.metrics[f"{stage}_"].update(logits.detach(), labels)
         return loss, logits.detach()

@@ -119,7 +119,7 @@ class Predictor:
         from product_cnn.module import ProductClassifier  # Lightning only needed here
 
         checkpoint = read_checkpoint(path)
-        model = ProductClassifier.from_checkpoint_dict(checkpoint)
+        model = ProductClassifier.from_checkpoint_dict(checkpoint, name=f"checkpoint {path}")
         return cls(model.net, model.class_names, model.hparams.image_size, device, batch_size, num_workers)
 
     @torch.no_grad()

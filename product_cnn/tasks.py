@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import sys
+import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -11,13 +14,16 @@ from typing import Any
 
 import lightning as L
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import MissingMandatoryValue
 
 from product_cnn.checkpoint import read_checkpoint
 from product_cnn.data.datamodule import ProductDataModule
 from product_cnn.errors import CheckpointError, ProductCNNError
 from product_cnn.module import ProductClassifier
+from product_cnn.outdir import NEEDED_MB, check_writable
+from product_cnn.resume import find_last_checkpoint, run_dir_of
 from product_cnn.runtime import tune_malloc
 
 log = logging.getLogger(__name__)
@@ -36,8 +42,12 @@ def _quiet_lightning() -> None:
 def run(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     """Run ``task``; a user-facing error becomes one line on stderr and exit status 2."""
     _quiet_lightning()
+    if int(os.environ.get("LOCAL_RANK", 0)) > 0 or int(os.environ.get("NODE_RANK", 0)) > 0:
+        logging.getLogger("product_cnn").setLevel(logging.WARNING)  # rank 0 tells the story
     try:
         return task(cfg)
+    except SIGTERMException:  # Lightning stopped cleanly; ResumeHint said how to resume
+        raise SystemExit(128 + signal.SIGTERM) from None
     except (ProductCNNError, MissingMandatoryValue) as err:
         message = one_line(err)
         log.error(message)
@@ -67,17 +77,65 @@ def _format_metrics(metrics: dict[str, float]) -> str:
     return "  ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
 
 
+def _resume_checkpoint(cfg: DictConfig) -> tuple[str | None, dict[str, Any] | None]:
+    """Resolve ``ckpt_path`` (a path or ``last``) and read it safely; continue in its run folder."""
+    if not cfg.get("ckpt_path"):
+        return None, None
+    if str(cfg.ckpt_path) == "last":
+        path = find_last_checkpoint(Path(cfg.paths.log_dir) / cfg.task_name)
+    else:
+        path = Path(str(cfg.ckpt_path)).expanduser()
+    checkpoint = read_checkpoint(path)  # weights_only: refuses pickled code, names the file
+    if "optimizer_states" not in checkpoint or "loops" not in checkpoint:
+        raise CheckpointError(f"checkpoint {path} holds weights only, not a training state to resume")
+    run_dir = run_dir_of(path)
+    if run_dir is not None:
+        log.info("Resuming from %s: checkpoints, TensorBoard and reports continue in %s "
+                 "(this command's own log: %s)", path, run_dir, cfg.paths.output_dir)
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(run_dir)
+    return str(path), checkpoint
+
+
+def check_output_dir(output_dir: str, needed_mb: int = NEEDED_MB) -> None:
+    """Fail now, not at the first checkpoint, when ``output_dir`` is unwritable or nearly full."""
+    check_writable(output_dir, needed_mb)
+    try:
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=output_dir, prefix=".write_test"):
+            pass
+    except OSError as err:
+        reason = err.strerror or err
+        raise ProductCNNError(f"output directory {output_dir} is not writable: {reason}") from None
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit the model, then test the best checkpoint; return all final metrics."""
     tune_malloc()
+    ckpt_path, resumed = _resume_checkpoint(cfg)
+    check_output_dir(cfg.paths.output_dir)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     datamodule: ProductDataModule = instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
+    if resumed is not None:
+        saved_classes = resumed["hyper_parameters"].get("class_names")
+        if saved_classes and list(saved_classes) != datamodule.class_names:
+            raise CheckpointError(
+                f"checkpoint {ckpt_path} was trained on classes {list(saved_classes)}, "
+                f"but {datamodule.hparams.root} has {datamodule.class_names}"
+            )
+    extra = {}
+    if datamodule.hparams.balance == "weighted_loss":
+        extra["class_weights"] = datamodule.class_weights().tolist()
+        log.info("Class weights (inverse frequency): %s", ", ".join(
+            f"{n} {w:.2f}" for n, w in zip(datamodule.class_names, extra["class_weights"], strict=True)))
     model: ProductClassifier = instantiate(
-        cfg.model, class_names=datamodule.class_names, _recursive_=False
+        cfg.model, class_names=datamodule.class_names, _recursive_=False, **extra
     )
+    if resumed is not None:
+        model.check_weights_fit(resumed["state_dict"], f"checkpoint {ckpt_path}")
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         callbacks=_instantiate_all(cfg.get("callbacks")),
@@ -90,7 +148,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     for logger in trainer.loggers:
         logger.log_hyperparams({"config": run_config})
 
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
 
     if cfg.get("test", True):
@@ -100,7 +158,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             log.info("Testing the best checkpoint: %s", best)
         else:
             log.warning("No checkpoint was saved; testing the weights at the end of training")
-        results = trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
+        results = trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
         metrics.update(results[0] if results else {})
         log.info("Test: %s", _format_metrics({k: v for k, v in metrics.items() if k.startswith("test/")}))
     out = cfg.paths.output_dir
@@ -131,7 +189,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     tune_malloc()
     ckpt_path = str(Path(cfg.ckpt_path).expanduser())
     checkpoint = read_checkpoint(ckpt_path)
-    model = ProductClassifier.from_checkpoint_dict(checkpoint, load_weights=False)
+    model = ProductClassifier.from_checkpoint_dict(checkpoint, name=f"checkpoint {ckpt_path}")
     datamodule = datamodule_from_checkpoint(checkpoint, cfg.get("data"))
     datamodule.prepare_data()
     datamodule.setup("test")
@@ -149,6 +207,38 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     metrics = dict(results[0]) if results else {}
     log.info("Test of %s: %s", ckpt_path, _format_metrics(metrics))
     return metrics
+
+
+def check_data(cfg: DictConfig) -> int:
+    """Print what training would see in ``cfg.data``; return the number of unreadable photos."""
+    from product_cnn.data.check import exact_duplicate_groups, size_and_mode_summary
+
+    datamodule: ProductDataModule = instantiate(cfg.data, check=True, skip_bad_images=True)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    check = datamodule.check
+    tree = datamodule.tree
+    lines = [f"Data: {datamodule.hparams.root} ({'pre-split' if tree.presplit else 'split by us'})",
+             datamodule.summary(), size_and_mode_summary(check.infos)]
+    if tree.ignored:
+        lines.append(f"ignored (not images): {len(tree.ignored)}, e.g. {', '.join(tree.ignored[:3])}")
+    lines.append(f"unreadable: {len(check.bad)}")
+    lines += [f"  {i.path}: {i.error}" for i in check.bad]
+    exact = exact_duplicate_groups(check.infos)
+    lines.append(f"exact duplicates: {len(exact)} group(s) of {sum(map(len, exact))} files")
+    photos = sum(map(len, check.groups))
+    kept = not tree.presplit and datamodule.hparams.group_duplicates
+    lines.append(f"near-duplicates: {len(check.groups)} group(s) of {photos} photos"
+                 + (", each kept within one split" if kept else ""))
+    split_of = {p: s for s, samples in datamodule.split_samples.items() for p, _ in samples}
+    for group in check.groups[: cfg.show_groups]:
+        lines.append("  " + "  ".join(f"{p} [{split_of.get(p, '-')}]" for p in group))
+    if len(check.groups) > cfg.show_groups:
+        lines.append(f"  ... {len(check.groups) - cfg.show_groups} more (show_groups=N)")
+    if tree.presplit:
+        lines.append(f"near-duplicates across splits (leakage): {len(check.leaks)} group(s)")
+    print("\n".join(lines))
+    return len(check.bad)
 
 
 def predict(cfg: DictConfig) -> int:

@@ -7,11 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 from PIL import Image
+
+from product_cnn.config import compose_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf"
@@ -62,15 +61,7 @@ def tree_factory(tmp_path: Path) -> Callable[..., Path]:
 
 def compose_cfg(config_name: str, overrides: list[str], output_dir: Path, cache_dir: Path) -> DictConfig:
     """Compose ``conf/<config_name>.yaml`` as Hydra would for a run, writing under ``output_dir``."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
-    HydraConfig().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
-        cfg.paths.cache_dir = str(cache_dir)
-    GlobalHydra.instance().clear()
-    return cfg
+    return compose_config(config_name, overrides, output_dir, cache_dir)
 
 
 FAST = [  # small images, one CPU process, no progress bar: seconds per epoch

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,14 +14,19 @@ import torch.distributed as dist
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
+from product_cnn.data.augment import build_augment
 from product_cnn.data.cache import DecodedImageCache
+from product_cnn.data.check import TreeCheck, check_tree
 from product_cnn.data.demo import ensure_demo_dataset
 from product_cnn.data.folder import SPLITS, FolderTree, Sample, scan_tree
 from product_cnn.data.images import load_image, to_unit_float
 from product_cnn.data.split import stratified_split
 from product_cnn.errors import DataError
+from product_cnn.reproducible import EpochShuffleSampler, EpochWeightedSampler
 
 log = logging.getLogger(__name__)
+
+BALANCES = ("none", "weighted_loss", "sampler")
 
 
 def default_cache_dir() -> str:
@@ -35,10 +41,12 @@ class ImageListDataset(Dataset):
     """
 
     def __init__(self, samples: list[Sample], image_size: int | tuple[int, int] = 256,
-                 cache: DecodedImageCache | None = None) -> None:
+                 cache: DecodedImageCache | None = None,
+                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         self.samples = samples
         self.image_size = image_size
         self.cache = cache
+        self.transform = transform
         if cache is not None:
             position = {path: i for i, path in enumerate(cache.paths)}
             self.cache_index = [position[path] for path, _ in samples]
@@ -49,8 +57,12 @@ class ImageListDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[index]
         if self.cache is not None:
-            return self.cache[self.cache_index[index]], label
-        return load_image(path, self.image_size), label
+            image = self.cache[self.cache_index[index]]
+        else:
+            image = load_image(path, self.image_size)
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, label
 
 
 class ProductDataModule(L.LightningDataModule):
@@ -72,6 +84,7 @@ class ProductDataModule(L.LightningDataModule):
         val_fraction: float = 0.2,
         test_fraction: float = 0.1,
         split_seed: int = 42,
+        shuffle_seed: int | None = 0,
         num_workers: int = 0,
         pin_memory: bool = False,
         demo_images_per_class: int = 100,
@@ -79,10 +92,19 @@ class ProductDataModule(L.LightningDataModule):
         cache: bool = True,
         cache_dir: str | None = None,
         cache_memory_mb: int = 4096,
+        check: bool = True,
+        skip_bad_images: bool = False,
+        group_duplicates: bool = True,
+        balance: str = "none",
+        augment: str = "none",
     ) -> None:
         super().__init__()
         root = str(Path(root).expanduser().resolve())
+        if balance not in BALANCES:
+            raise DataError(f"data.balance={balance!r} is not one of {', '.join(BALANCES)}")
+        build_augment(augment, image_size)  # refuses an unknown name now, not at the first batch
         self.save_hyperparameters()
+        self.check: TreeCheck | None = None
         self.tree: FolderTree | None = None
         self.split_samples: dict[str, list[Sample]] = {}
         self.cache: DecodedImageCache | None = None
@@ -106,6 +128,11 @@ class ProductDataModule(L.LightningDataModule):
         if hp.demo and not Path(hp.root).is_dir():
             self.prepare_data()  # setup() without prepare_data(), e.g. from a notebook
         tree = scan_tree(hp.root)
+        groups: list[list[str]] = []
+        if hp.check:
+            self.check = check_tree(tree, hp.cache_dir or default_cache_dir(), hp.skip_bad_images)
+            groups = self.check.groups if hp.group_duplicates else []
+            self._log_duplicates(tree.presplit)
         if tree.presplit:
             splits = dict(tree.splits)
             missing = [s for s in ("val", "test") if s not in splits]
@@ -115,7 +142,7 @@ class ProductDataModule(L.LightningDataModule):
                     splits["train"], tree.class_names, hp.root,
                     val_fraction=fractions.get("val", 0.0),
                     test_fraction=fractions.get("test", 0.0),
-                    seed=hp.split_seed,
+                    seed=hp.split_seed, groups=groups,
                 )
                 splits["train"] = carved["train"]
                 splits.update({s: carved[s] for s in missing})
@@ -123,7 +150,7 @@ class ProductDataModule(L.LightningDataModule):
         else:
             splits = stratified_split(
                 tree.splits["all"], tree.class_names, hp.root,
-                hp.val_fraction, hp.test_fraction, hp.split_seed,
+                hp.val_fraction, hp.test_fraction, hp.split_seed, groups,
             )
         self.tree, self.split_samples = tree, splits
         if hp.cache:
@@ -136,6 +163,29 @@ class ProductDataModule(L.LightningDataModule):
         log.info("Data: %s (%s)\n%s", hp.root, "pre-split" if tree.presplit else
                  f"split {1 - hp.val_fraction - hp.test_fraction:.0%}/{hp.val_fraction:.0%}/"
                  f"{hp.test_fraction:.0%}, seed {hp.split_seed}", self.summary())
+
+    def _log_duplicates(self, presplit: bool) -> None:
+        check = self.check
+        if not check.groups:
+            return
+        photos = sum(len(g) for g in check.groups)
+        if presplit:
+            log.info("Near-duplicates: %d group(s) of %d photos", len(check.groups), photos)
+            for where in check.leaks[:10]:
+                log.warning("Near-duplicates in several splits (leakage): %s",
+                            "; ".join(f"{s}: {', '.join(p)}" for s, p in sorted(where.items())))
+        else:
+            kept = "each kept within one split" if self.hparams.group_duplicates else \
+                "NOT kept together (data.group_duplicates=false)"
+            log.info("Near-duplicates: %d group(s) of %d photos, %s", len(check.groups), photos, kept)
+
+    def class_weights(self) -> torch.Tensor:
+        """Inverse-frequency weights of the training split, ``n / (classes * n_c)`` (mean 1 per photo)."""
+        counts = torch.tensor(self.counts()["train"], dtype=torch.float64)
+        if (counts == 0).any():
+            missing = [n for n, c in zip(self.class_names, counts.tolist(), strict=True) if c == 0]
+            raise DataError(f"no training images for class(es) {', '.join(missing)}")
+        return (counts.sum() / (len(counts) * counts)).float()
 
     def counts(self) -> dict[str, list[int]]:
         """Images per class for each split: ``{"train": [n_class0, ...], ...}``."""
@@ -161,7 +211,8 @@ class ProductDataModule(L.LightningDataModule):
         """The dataset for ``split`` (one of train, val, test)."""
         if split not in self.split_samples:
             raise DataError(f"no {split} split in {self.hparams.root}")
-        return ImageListDataset(self.split_samples[split], self.hparams.image_size, self.cache)
+        transform = build_augment(self.hparams.augment, self.hparams.image_size) if split == "train" else None
+        return ImageListDataset(self.split_samples[split], self.hparams.image_size, self.cache, transform)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         dataset = self.dataset(split)
@@ -169,15 +220,24 @@ class ProductDataModule(L.LightningDataModule):
         # A last training batch of one sample would break BatchNorm1d; drop only that case.
         drop_last = shuffle and len(dataset) % hp.batch_size == 1
         sampler = None
-        if not shuffle and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        if shuffle:  # an order that depends on (seed, epoch) only: resumed runs repeat it
+            seed = hp.shuffle_seed if hp.shuffle_seed is not None else int(torch.randint(2**31 - 1, ()))
+            if hp.balance == "sampler":  # every class equally likely per draw
+                weights = self.class_weights()
+                sampler = EpochWeightedSampler([float(weights[label]) for _, label in dataset.samples],
+                                               seed=seed)
+            else:
+                sampler = EpochShuffleSampler(len(dataset), seed)
+        elif dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             # Evaluate every image exactly once: Lightning's default DistributedSampler pads the
             # last batches with repeated images so that every process gets the same count.
             sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)
         return DataLoader(
             dataset,
             batch_size=hp.batch_size,
-            shuffle=shuffle,
             sampler=sampler,
+            # workers' base seed from here, not from the global generator (see reproducible.py)
+            generator=torch.Generator().manual_seed(hp.shuffle_seed or 0),
             drop_last=drop_last,
             num_workers=hp.num_workers,
             pin_memory=hp.pin_memory,

@@ -6,7 +6,10 @@ Every path that turns a file into model input (training, evaluation, prediction)
 
 from __future__ import annotations
 
+import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -53,22 +56,31 @@ def pil_to_tensor(image: Image.Image, size: int | tuple[int, int]) -> torch.Tens
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
 
 
-def load_image(path: str | Path, size: int | tuple[int, int] = 256) -> torch.Tensor:
-    """Decode ``path`` into a ``(3, H, W)`` uint8 tensor, or raise :class:`ImageLoadError`."""
+@contextmanager
+def open_image(path: str | Path) -> Iterator[Image.Image]:
+    """Open and fully decode ``path`` (pixel-count guard on), or raise :class:`ImageLoadError`."""
     try:
+        if os.path.getsize(path) == 0:
+            raise ImageLoadError(str(path), "empty file (0 bytes)")
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 image.load()
-                return pil_to_tensor(image, size)
+                yield image
     except FileNotFoundError:
         raise ImageLoadError(str(path), "file not found") from None
     except Image.UnidentifiedImageError:
         raise ImageLoadError(str(path), "not an image file PIL can read") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise ImageLoadError(str(path), f"too many pixels ({err})") from None
+        raise ImageLoadError(str(path), f"too many pixels, a decompression-bomb guard ({err})") from None
     except (OSError, ValueError, SyntaxError) as err:
         raise ImageLoadError(str(path), f"corrupt or truncated ({err})") from None
+
+
+def load_image(path: str | Path, size: int | tuple[int, int] = 256) -> torch.Tensor:
+    """Decode ``path`` into a ``(3, H, W)`` uint8 tensor, or raise :class:`ImageLoadError`."""
+    with open_image(path) as image:
+        return pil_to_tensor(image, size)
 
 
 def to_unit_float(batch: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 
 from product_cnn.errors import DataError
@@ -44,8 +44,14 @@ def stratified_split(
     val_fraction: float = 0.2,
     test_fraction: float = 0.1,
     seed: int = 42,
+    groups: Sequence[Sequence[str]] = (),
 ) -> dict[str, list[Sample]]:
-    """Split ``samples`` into ``{"train", "val", "test"}`` per class; raise if a class is too small."""
+    """Split ``samples`` into ``{"train", "val", "test"}`` per class; raise if a class is too small.
+
+    ``groups`` are lists of paths that must stay together (near-duplicate photos of one
+    product): each group goes to one split as a whole, counted in the class of most of its
+    photos. Without groups every photo is its own unit.
+    """
     if val_fraction < 0 or test_fraction < 0 or val_fraction + test_fraction >= 1:
         raise DataError(
             f"split fractions val={val_fraction} test={test_fraction} must be >= 0 and sum to < 1"
@@ -63,13 +69,45 @@ def stratified_split(
             f"class(es) {', '.join(too_small)} have too few images for a stratified "
             f"train/val/test split: each needs at least {needed}"
         )
+    units = _units(samples, groups)
+    units_by_class: dict[int, list[list[Sample]]] = defaultdict(list)
+    for unit in units:
+        units_by_class[Counter(label for _, label in unit).most_common(1)[0][0]].append(unit)
+    too_few_units = [f"{class_names[label]} ({len(units_by_class[label])})" for label in sorted(by_class)
+                     if len(units_by_class[label]) < needed]
+    if too_few_units:
+        raise DataError(
+            f"class(es) {', '.join(too_few_units)} have too few distinct photos once near-duplicates "
+            f"are kept together: each needs at least {needed} (or set data.group_duplicates=false)"
+        )
     out: dict[str, list[Sample]] = {"train": [], "val": [], "test": []}
-    for label in sorted(by_class):
-        items = sorted(by_class[label], key=lambda s: _order_key(seed, _relkey(s[0], root)))
-        _, n_val, n_test = split_counts(len(items), val_fraction, test_fraction)
-        out["test"] += items[:n_test]
-        out["val"] += items[n_test:n_test + n_val]
-        out["train"] += items[n_test + n_val:]
+    for label in sorted(units_by_class):
+        ordered = sorted(units_by_class[label], key=lambda u: _order_key(seed, _relkey(u[0][0], root)))
+        total = sum(len(u) for u in ordered)
+        _, n_val, n_test = split_counts(total, val_fraction, test_fraction)
+        remaining = list(ordered)
+        for split, target in (("test", n_test), ("val", n_val)):
+            taken = 0
+            # leave one unit for each split still to fill (val, then train)
+            while taken < target and len(remaining) > (1 if split == "val" else 1 + (n_val > 0)):
+                unit = remaining.pop(0)
+                out[split] += unit
+                taken += len(unit)
+        for unit in remaining:
+            out["train"] += unit
     for split in out:
         out[split].sort()
     return out
+
+
+def _units(samples: Sequence[Sample], groups: Sequence[Sequence[str]]) -> list[list[Sample]]:
+    """Samples gathered into units: one per group of paths, one per remaining sample."""
+    unit_of = {path: index for index, group in enumerate(groups) for path in group}
+    grouped: dict[int, list[Sample]] = defaultdict(list)
+    units = []
+    for sample in sorted(samples):
+        if sample[0] in unit_of:
+            grouped[unit_of[sample[0]]].append(sample)
+        else:
+            units.append([sample])
+    return units + [sorted(unit) for unit in grouped.values()]

@@ -1,0 +1,40 @@
+"""Training-time augmentation (torchvision transforms v2 on uint8 tensors), off by default.
+
+* ``none``:   the original: every photo as it is.
+* ``light``:  random resized crop (60-100% of the area, aspect 3:4-4:3) and horizontal flip.
+* ``strong``: light, plus colour jitter and TrivialAugmentWide.
+
+Applied per photo, to the training split only, after the decoded-image cache (so the cache
+holds the plain photo and every epoch sees a new variant).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torchvision.transforms import v2
+
+from product_cnn.errors import DataError
+
+AUGMENTS = ("none", "light", "strong")
+
+
+Transform = Callable[[torch.Tensor], torch.Tensor]
+
+
+def build_augment(name: str, image_size: int | tuple[int, int]) -> Transform | None:
+    """The transform for ``name`` (one of :data:`AUGMENTS`), or None for ``none``."""
+    if name not in AUGMENTS:
+        raise DataError(f"data.augment={name!r} is not one of {', '.join(AUGMENTS)}")
+    if name == "none":
+        return None
+    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    steps: list[Callable] = [
+        v2.RandomResizedCrop(size, scale=(0.6, 1.0), ratio=(3 / 4, 4 / 3), antialias=True),
+        v2.RandomHorizontalFlip(),
+    ]
+    if name == "strong":
+        steps += [v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.05),
+                  v2.TrivialAugmentWide()]
+    return v2.Compose(steps)

@@ -1,0 +1,60 @@
+"""Scale-out: 2-process DDP on CPU (gloo) and Hydra multirun sweeps, through the real commands."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from product_cnn.tasks import evaluate
+from tests.conftest import REPO, compose_cfg, make_tree
+
+TINY = ["data=folder", "data.image_size=32", "data.batch_size=4", "trainer.accelerator=cpu",
+        "callbacks.rich_progress_bar=null", "callbacks.rich_model_summary=null"]
+
+
+def _train(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(REPO / "train.py"), *TINY, f"paths.cache_dir={tmp_path / 'cache'}",
+         f"paths.log_dir={tmp_path / 'outputs'}", *overrides],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )
+
+
+def test_ddp_on_two_cpu_processes_tests_every_image_once(tmp_path):
+    # 13 photos per class -> 1 test photo each: 3 test photos do not split evenly over 2 processes
+    root = make_tree(tmp_path / "photos", {"Bags": 13, "Cups": 13, "Pens": 13})
+    proc = _train(tmp_path, f"data.root={root}", "trainer=ddp", "trainer.devices=2",
+                  "trainer.max_epochs=2", f"hydra.run.dir={tmp_path / 'outputs' / 'ddp'}")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    run = tmp_path / "outputs" / "ddp"
+    assert [p.name for p in (tmp_path / "outputs").iterdir()] == ["ddp"]  # one output folder
+    assert not list(run.glob(".pl_hydra*"))
+    assert len(list((run / "checkpoints").glob("epoch_*.ckpt"))) == 1
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert not [p for p in (run / "tensorboard").iterdir() if p.is_dir()]  # one TensorBoard run
+    report = json.loads((run / "metrics.json").read_text())
+    assert sum(map(sum, report["confusion_matrix"])) == 3  # each test photo counted once
+    assert report["split_sizes"]["test"] == 3
+
+    best = next((run / "checkpoints").glob("epoch_*.ckpt"))
+    cfg = compose_cfg("eval", ["trainer.accelerator=cpu", f"ckpt_path={best}"], tmp_path / "eval",
+                      tmp_path / "cache")
+    single = evaluate(cfg)
+    assert single["test/acc"] == pytest.approx(report["accuracy"])
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["confusion_matrix"] == \
+        report["confusion_matrix"]
+
+
+def test_multirun_sweep_trains_one_run_per_value(tmp_path):
+    root = make_tree(tmp_path / "photos", {"Bags": 8, "Cups": 8})
+    proc = _train(tmp_path, "-m", f"data.root={root}", "trainer.max_epochs=1",
+                  "model.optimizer.lr=0.001,0.003", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    for job, lr in (("0", 0.001), ("1", 0.003)):
+        saved = (tmp_path / "sweep" / job / ".hydra" / "overrides.yaml").read_text()
+        assert f"model.optimizer.lr={lr}" in saved
+        assert (tmp_path / "sweep" / job / "metrics.json").is_file()
