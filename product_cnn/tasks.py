@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -109,6 +110,16 @@ def check_output_dir(output_dir: str, needed_mb: int = NEEDED_MB) -> None:
         raise ProductCNNError(f"output directory {output_dir} is not writable: {reason}") from None
 
 
+def _no_sync_batchnorm_on_cpu(cfg: DictConfig) -> None:
+    """SyncBatchNorm needs CUDA: under DDP on CPU (gloo) each process keeps its own statistics."""
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    if cfg.trainer.get("sync_batchnorm") and on_cpu:
+        log.info("trainer.sync_batchnorm needs GPUs: turned off for this CPU run")
+        with open_dict(cfg):
+            cfg.trainer.sync_batchnorm = False
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit the model, then test the best checkpoint; return all final metrics."""
     tune_malloc()
@@ -136,6 +147,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     )
     if resumed is not None:
         model.check_weights_fit(resumed["state_dict"], f"checkpoint {ckpt_path}")
+    _no_sync_batchnorm_on_cpu(cfg)
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         callbacks=_instantiate_all(cfg.get("callbacks")),
@@ -150,6 +162,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    best = trainer.checkpoint_callback
+    if best is not None and best.monitor and best.best_model_score is not None:
+        metrics[f"{best.monitor}_best"] = float(best.best_model_score)  # what sweeps optimise
 
     if cfg.get("test", True):
         checkpoint = trainer.checkpoint_callback

@@ -16,10 +16,10 @@ TINY = ["data=folder", "data.image_size=32", "data.batch_size=4", "trainer.accel
         "callbacks.rich_progress_bar=null", "callbacks.rich_model_summary=null"]
 
 
-def _train(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
+def _train(tmp_path: Path, *overrides: str, multirun: bool = False) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, str(REPO / "train.py"), *TINY, f"paths.cache_dir={tmp_path / 'cache'}",
-         f"paths.log_dir={tmp_path / 'outputs'}", *overrides],
+        [sys.executable, str(REPO / "train.py"), *(["-m"] if multirun else []), *TINY,
+         f"paths.cache_dir={tmp_path / 'cache'}", f"paths.log_dir={tmp_path / 'outputs'}", *overrides],
         cwd=tmp_path, capture_output=True, text=True, timeout=600,
     )
 
@@ -51,10 +51,30 @@ def test_ddp_on_two_cpu_processes_tests_every_image_once(tmp_path):
 
 def test_multirun_sweep_trains_one_run_per_value(tmp_path):
     root = make_tree(tmp_path / "photos", {"Bags": 8, "Cups": 8})
-    proc = _train(tmp_path, "-m", f"data.root={root}", "trainer.max_epochs=1",
-                  "model.optimizer.lr=0.001,0.003", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    proc = _train(tmp_path, f"data.root={root}", "trainer.max_epochs=1",
+                  "model.optimizer.lr=0.001,0.003", f"hydra.sweep.dir={tmp_path / 'sweep'}", multirun=True)
     assert proc.returncode == 0, proc.stderr[-4000:]
     for job, lr in (("0", 0.001), ("1", 0.003)):
         saved = (tmp_path / "sweep" / job / ".hydra" / "overrides.yaml").read_text()
         assert f"model.optimizer.lr={lr}" in saved
         assert (tmp_path / "sweep" / job / "metrics.json").is_file()
+
+
+def test_optuna_sweep_runs_two_trials_and_maximises_val_acc(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="needs the sweep extra")
+    import yaml
+
+    root = make_tree(tmp_path / "photos", {"Bags": 8, "Cups": 8})
+    proc = _train(tmp_path, "hparams_search=optuna", f"data.root={root}", "trainer.max_epochs=1",
+                  "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.n_startup_trials=2",
+                  f"hydra.sweep.dir={tmp_path / 'sweep'}", multirun=True)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    results = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
+    assert results["name"] == "optuna"
+    assert 0.0 <= results["best_value"] <= 1.0
+    # data.batch_size is searched too, but fixed here by the command line (TINY)
+    assert set(results["best_params"]) == {"model.optimizer.lr", "model.dropout"}
+    trials = sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir())
+    assert trials == ["0", "1"]
+    best = max(json.loads((tmp_path / "sweep" / t / "metrics.json").read_text())["accuracy"] for t in trials)
+    assert 0.0 <= best <= 1.0
