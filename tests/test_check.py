@@ -202,7 +202,7 @@ def test_weighted_loss_reaches_the_model(train_cfg, tree_factory):
 
     root = tree_factory({"Bags": 16, "Cups": 8, "Pens": 8})
     cfg = train_cfg("data=folder", f"data.root={root}", "data.balance=weighted_loss", "trainer.max_epochs=1",
-                    "trainer.limit_train_batches=1", "trainer.limit_val_batches=1")
+                    "+trainer.limit_train_batches=1", "+trainer.limit_val_batches=1")
     train(cfg)
     ckpt = next(Path(cfg.paths.output_dir, "checkpoints").glob("*.ckpt"))
     weights = torch.load(ckpt, weights_only=True)["hyper_parameters"]["class_weights"]
