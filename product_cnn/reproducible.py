@@ -20,23 +20,29 @@ from lightning.pytorch.callbacks import Callback
 from torch.utils.data import Sampler
 
 
-class EpochShuffleSampler(Sampler[int]):
-    """A random permutation per epoch, drawn from ``seed + epoch`` (Lightning calls set_epoch)."""
+class _EpochSampler(Sampler[int]):
+    """``length`` indices per epoch, drawn from a generator seeded with ``seed + epoch``."""
 
     def __init__(self, length: int, seed: int = 0) -> None:
         self.length = length
         self.seed = seed
         self.epoch = 0
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int) -> None:  # Lightning calls it before every epoch
         self.epoch = epoch
 
     def __len__(self) -> int:
         return self.length
 
+    def _generator(self) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed + self.epoch)
+
+
+class EpochShuffleSampler(_EpochSampler):
+    """A random permutation per epoch, drawn from ``seed + epoch``."""
+
     def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        yield from torch.randperm(self.length, generator=generator).tolist()
+        yield from torch.randperm(self.length, generator=self._generator()).tolist()
 
 
 class EpochSeed(Callback):
@@ -55,22 +61,13 @@ class EpochSeed(Callback):
                             workers=True, verbose=False)
 
 
-class EpochWeightedSampler(Sampler[int]):
+class EpochWeightedSampler(_EpochSampler):
     """``length`` draws with replacement, index i with probability ~ ``weights[i]``, seeded by epoch."""
 
     def __init__(self, weights: list[float], length: int | None = None, seed: int = 0) -> None:
+        super().__init__(length if length is not None else len(weights), seed)
         self.weights = torch.as_tensor(weights, dtype=torch.double)
-        self.length = length if length is not None else len(weights)
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.length
 
     def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
         yield from torch.multinomial(self.weights, self.length, replacement=True,
-                                     generator=generator).tolist()
+                                     generator=self._generator()).tolist()
