@@ -30,6 +30,8 @@ def _start(tmp_path: Path, run: str, *overrides: str) -> subprocess.Popen:
         [sys.executable, str(REPO / "train.py"), *TINY, f"paths.cache_dir={tmp_path / 'cache'}",
          f"hydra.run.dir={tmp_path / run}", *overrides],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # a shell that starts jobs in the background ignores SIGINT for them; Ctrl-C does not
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 

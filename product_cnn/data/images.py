@@ -65,6 +65,12 @@ def open_image(path: str | Path) -> Iterator[Image.Image]:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
+                # explicit, not only through Pillow's warning: warning filters are process-wide
+                # and not thread-safe, and the data check decodes in threads
+                width, height = image.size
+                if Image.MAX_IMAGE_PIXELS and width * height > Image.MAX_IMAGE_PIXELS:
+                    raise ImageLoadError(str(path), f"too many pixels, a decompression-bomb guard "
+                                                    f"({width}x{height} > {Image.MAX_IMAGE_PIXELS})")
                 image.load()
                 yield image
     except FileNotFoundError:
