@@ -110,6 +110,14 @@ def check_output_dir(output_dir: str, needed_mb: int = NEEDED_MB) -> None:
         raise ProductCNNError(f"output directory {output_dir} is not writable: {reason}") from None
 
 
+def _check_classes(ckpt_path: str, saved: list[str] | None, datamodule: ProductDataModule) -> None:
+    if saved and list(saved) != datamodule.class_names:
+        raise CheckpointError(
+            f"checkpoint {ckpt_path} was trained on classes {list(saved)}, "
+            f"but {datamodule.hparams.root} has {datamodule.class_names}"
+        )
+
+
 def _no_sync_batchnorm_on_cpu(cfg: DictConfig) -> None:
     """SyncBatchNorm needs CUDA: under DDP on CPU (gloo) each process keeps its own statistics."""
     accelerator = str(cfg.trainer.get("accelerator", "auto"))
@@ -131,12 +139,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule.prepare_data()
     datamodule.setup("fit")
     if resumed is not None:
-        saved_classes = resumed["hyper_parameters"].get("class_names")
-        if saved_classes and list(saved_classes) != datamodule.class_names:
-            raise CheckpointError(
-                f"checkpoint {ckpt_path} was trained on classes {list(saved_classes)}, "
-                f"but {datamodule.hparams.root} has {datamodule.class_names}"
-            )
+        _check_classes(ckpt_path, resumed["hyper_parameters"].get("class_names"), datamodule)
     extra = {}
     if datamodule.hparams.balance == "weighted_loss":
         extra["class_weights"] = datamodule.class_weights().tolist()
@@ -162,9 +165,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    best = trainer.checkpoint_callback
-    if best is not None and best.monitor and best.best_model_score is not None:
-        metrics[f"{best.monitor}_best"] = float(best.best_model_score)  # what sweeps optimise
+    monitor = trainer.checkpoint_callback
+    if monitor is not None and monitor.monitor and monitor.best_model_score is not None:
+        metrics[f"{monitor.monitor}_best"] = float(monitor.best_model_score)  # what sweeps optimise
 
     if cfg.get("test", True):
         checkpoint = trainer.checkpoint_callback
@@ -208,11 +211,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     datamodule = datamodule_from_checkpoint(checkpoint, cfg.get("data"))
     datamodule.prepare_data()
     datamodule.setup("test")
-    if datamodule.class_names != model.class_names:
-        raise CheckpointError(
-            f"checkpoint {ckpt_path} was trained on classes {model.class_names}, "
-            f"but {datamodule.hparams.root} has {datamodule.class_names}"
-        )
+    _check_classes(ckpt_path, model.class_names, datamodule)
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         callbacks=_instantiate_all(cfg.get("callbacks")),
