@@ -32,16 +32,16 @@ class EpochBatchNormStats(Callback):
     """
 
     def __init__(self) -> None:
-        self._per_step = True
+        self._per_step: list[nn.modules.batchnorm._BatchNorm] = []  # layers to update each step
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._per_step = not getattr(pl_module.hparams, "compile", False)
-        for bn in batchnorm_layers(pl_module):
+        layers = batchnorm_layers(pl_module)
+        for bn in layers:
             bn.reset_running_stats()
             bn.momentum = None  # cumulative moving average over this epoch's batches
+        self._per_step = [] if getattr(pl_module.hparams, "compile", False) else layers
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch,
                              batch_idx: int) -> None:
-        if self._per_step:
-            for bn in batchnorm_layers(pl_module):
-                bn.momentum = 1.0 / (batch_idx + 1)
+        for bn in self._per_step:  # the same average as momentum=None, without its GPU sync
+            bn.momentum = 1.0 / (batch_idx + 1)
