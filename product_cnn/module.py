@@ -88,8 +88,8 @@ class ProductClassifier(L.LightningModule):
             self.net.to(memory_format=torch.channels_last)
         if compile:
             self.net.compile()  # in place: parameter names (and checkpoints) stay the same
-        # Per-step metrics skip torchmetrics' input checks and NaN scans: each one is a GPU sync
-        # per step, and the inputs are ours (a NaN loss shows as a NaN epoch loss instead).
+        # Metrics skip torchmetrics' input checks and NaN scans (each one a GPU sync) -- the
+        # inputs are ours; a NaN loss shows as a NaN epoch loss. See also _pending below.
         metrics = MetricCollection({
             "acc": MulticlassAccuracy(num_classes, average="micro", validate_args=False),
             "f1": MulticlassF1Score(num_classes, average="macro", validate_args=False),
@@ -108,6 +108,11 @@ class ProductClassifier(L.LightningModule):
         self.val_confusion: torch.Tensor | None = None  # of the latest validation epoch
         self.test_report: dict[str, torch.Tensor] | None = None  # report_metrics, computed
         self._last_val: dict[str, float] = {}
+        # Per-step (loss, logits, labels) waiting to be added to the metrics. Per-class metrics
+        # count with torch.bincount, which waits for the GPU (a sync per step would stall the
+        # queue of a GPU that is faster than Python); batching the updates leaves one per flush.
+        self._pending: dict[str, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {
+            stage: [] for stage in STAGES}
 
     @classmethod
     def from_checkpoint_dict(cls, checkpoint: Mapping[str, Any], load_weights: bool = True,
@@ -150,12 +155,31 @@ class ProductClassifier(L.LightningModule):
         images, labels = batch[0], batch[1]
         logits = self(images)
         loss = F.cross_entropy(logits, labels, weight=self.class_weights if stage == "train" else None)
-        self.losses[f"{stage}_"].update(loss.detach(), weight=labels.numel())
-        self.metrics[f"{stage}_"].update(logits.detach(), labels)
+        self._pending[stage].append((loss.detach(), logits.detach(), labels))
+        if len(self._pending[stage]) >= self.METRIC_FLUSH_STEPS:
+            self._flush(stage)
         return loss, logits.detach()
+
+    METRIC_FLUSH_STEPS = 50  # steps between metric updates (and GPU syncs)
+
+    def _flush(self, stage: str) -> None:
+        """Add the pending steps of ``stage`` to its metrics (and the val/test extras)."""
+        pending, self._pending[stage] = self._pending[stage], []
+        if not pending:
+            return
+        losses, logits, labels = zip(*pending, strict=True)
+        counts = torch.stack([torch.full((), len(y), dtype=torch.float32, device=y.device) for y in labels])
+        logits, labels = torch.cat(logits), torch.cat(labels)
+        self.losses[f"{stage}_"].update(torch.stack(losses).float(), weight=counts)
+        self.metrics[f"{stage}_"].update(logits, labels)
+        if stage == "val" and not getattr(self._trainer, "sanity_checking", False):
+            self.val_confmat.update(logits, labels)
+        elif stage == "test":
+            self.test_report_metrics.update(logits, labels)
 
     def _log_epoch(self, stage: str) -> dict[str, float]:
         """Compute (synced across processes by torchmetrics), log and reset a stage's metrics."""
+        self._flush(stage)
         values = {f"{stage}/loss": self.losses[f"{stage}_"].compute(), **self.metrics[f"{stage}_"].compute()}
         self.log_dict(values, sync_dist=False, prog_bar=stage != "test")
         self.losses[f"{stage}_"].reset()
@@ -166,12 +190,10 @@ class ProductClassifier(L.LightningModule):
         return self._step(batch, "train")[0]
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        _, logits = self._step(batch, "val")
-        self.val_confmat.update(logits, batch[1])
+        self._step(batch, "val")
 
     def test_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
         _, logits = self._step(batch, "test")
-        self.test_report_metrics.update(logits, batch[1])
         return {"probs": torch.softmax(logits.float(), dim=1)}
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
@@ -186,6 +208,7 @@ class ProductClassifier(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:  # the sanity check must not leak into val metrics
+            self._pending["val"] = []
             self.losses["val_"].reset()
             self.metrics["val_"].reset()
             self.val_confmat.reset()
@@ -195,7 +218,7 @@ class ProductClassifier(L.LightningModule):
         self.val_confmat.reset()
 
     def on_test_epoch_end(self) -> None:
-        self._log_epoch("test")
+        self._log_epoch("test")  # flushes the pending test steps into the report metrics too
         self.test_report = {k: v.cpu() for k, v in self.test_report_metrics.compute().items()}
         self.test_report_metrics.reset()
 

@@ -211,16 +211,33 @@ def test_weighted_loss_reaches_the_model(train_cfg, tree_factory):
 
 
 @pytest.mark.parametrize("augment", ["light", "strong"])
-def test_augmentation_changes_training_images_only(tree_factory, augment):
+def test_augmentation_changes_training_batches_only(tree_factory, augment):
     root = tree_factory({"Bags": 10, "Cups": 10})
     dm = ProductDataModule(str(root), image_size=32, batch_size=4, augment=augment)
     dm.setup("fit")
-    train, val = dm.dataset("train"), dm.dataset("val")
-    a, b = train[0][0], train[0][0]
-    assert a.shape == (3, 32, 32) and a.dtype == torch.uint8
-    assert not torch.equal(a, b)  # a new variant each time
-    path = val.samples[0][0]
-    assert torch.equal(val[0][0], load_image(path, 32))
+    # the loaders hand out the plain cached photos; augmentation happens per batch on the device
+    val = dm.dataset("val")
+    assert torch.equal(val[0][0], load_image(val.samples[0][0], 32))
+    same = torch.stack([dm.dataset("train")[0][0]] * 8)
+    torch.manual_seed(0)
+    a = dm.augment_batch(same)
+    assert a.shape == same.shape and a.dtype == torch.uint8
+    assert len({bytes(img.numpy()) for img in a}) > 1  # a new draw for every photo of the batch
+    assert not torch.equal(a, dm.augment_batch(same))  # and a new one every time
+    torch.manual_seed(0)
+    assert torch.equal(a, dm.augment_batch(same))  # drawn from the seeded global generator
+
+    class Training:  # what on_after_batch_transfer looks at
+        training = True
+
+    batch = [same, torch.zeros(8, dtype=torch.long)]
+    dm.trainer = None
+    assert torch.equal(dm.on_after_batch_transfer(batch, 0)[0], same.float() / 255)
+    dm.trainer = Training()
+    torch.manual_seed(0)
+    assert torch.equal(dm.on_after_batch_transfer(batch, 0)[0], a.float() / 255)
+    dm.trainer.training = False  # validation and test batches are left as they are
+    assert torch.equal(dm.on_after_batch_transfer(batch, 0)[0], same.float() / 255)
 
 
 def test_unknown_balance_or_augment_is_refused(tree_factory):

@@ -72,3 +72,24 @@ def test_speed_options_give_the_same_outputs(option):
     x = torch.rand(4, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(fast(x), plain(x), atol=1e-5, rtol=1e-4)
+
+
+def test_batched_metric_updates_equal_per_step_updates(small, monkeypatch):
+    """Metrics are added every METRIC_FLUSH_STEPS steps (one GPU sync each): same values."""
+    dm, model = small
+    dm.hparams.batch_size = 2  # several steps per split, the last one short where the count is odd
+    results = {}
+    for every in (1, 2, 50):
+        monkeypatch.setattr(ProductClassifier, "METRIC_FLUSH_STEPS", every)
+        val = _trainer().validate(model, datamodule=dm, verbose=False)[0]
+        confusion = model.val_confusion
+        test = _trainer().test(model, datamodule=dm, verbose=False)[0]
+        results[every] = (val, confusion, test, model.test_report)
+    first = results[1]
+    assert first[1].sum() == len(dm.split_samples["val"])
+    assert first[3]["confmat"].sum() == len(dm.split_samples["test"])
+    for every in (2, 50):
+        val, confusion, test, report = results[every]
+        assert val == pytest.approx(first[0], abs=1e-6) and test == pytest.approx(first[2], abs=1e-6)
+        assert torch.equal(confusion, first[1])
+        assert all(torch.allclose(report[k], first[3][k]) for k in report)

@@ -4,8 +4,9 @@
 * ``light``:  random resized crop (60-100% of the area, aspect 3:4-4:3) and horizontal flip.
 * ``strong``: light, plus colour jitter and TrivialAugmentWide.
 
-Applied per photo, to the training split only, after the decoded-image cache (so the cache
-holds the plain photo and every epoch sees a new variant).
+Applied to training batches only, after the decoded-image cache (so the cache holds the plain
+photo and every epoch sees a new variant) and after the batch reaches the training device (on
+a GPU the transforms run there), with a new random draw for every photo of the batch.
 """
 
 from __future__ import annotations

@@ -68,8 +68,9 @@ class ImageListDataset(Dataset):
 class ProductDataModule(L.LightningDataModule):
     """Product photos from ``root`` in either layout (see :mod:`product_cnn.data.folder`).
 
-    Batches leave the loader as uint8 and are scaled to float in [0, 1] after they reach the
-    device. With ``demo=True`` the synthetic demo tree is generated at ``root`` if missing.
+    Batches leave the loader as uint8; augmentation (training only) and scaling to float in
+    [0, 1] happen after they reach the device. With ``demo=True`` the synthetic demo tree is
+    generated at ``root`` if missing.
     With ``cache=True`` every photo is decoded once into a :class:`DecodedImageCache` under
     ``cache_dir`` (default: ``$PRODUCT_CNN_CACHE`` or ``~/.cache/product-cnn``) and read from
     there afterwards.
@@ -102,7 +103,8 @@ class ProductDataModule(L.LightningDataModule):
         root = str(Path(root).expanduser().resolve())
         if balance not in BALANCES:
             raise DataError(f"data.balance={balance!r} is not one of {', '.join(BALANCES)}")
-        build_augment(augment, image_size)  # refuses an unknown name now, not at the first batch
+        # built now so that an unknown name is refused before any data is read
+        self.augment = build_augment(augment, image_size)
         self.save_hyperparameters()
         self.check: TreeCheck | None = None
         self.tree: FolderTree | None = None
@@ -211,8 +213,7 @@ class ProductDataModule(L.LightningDataModule):
         """The dataset for ``split`` (one of train, val, test)."""
         if split not in self.split_samples:
             raise DataError(f"no {split} split in {self.hparams.root}")
-        transform = build_augment(self.hparams.augment, self.hparams.image_size) if split == "train" else None
-        return ImageListDataset(self.split_samples[split], self.hparams.image_size, self.cache, transform)
+        return ImageListDataset(self.split_samples[split], self.hparams.image_size, self.cache)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         dataset = self.dataset(split)
@@ -253,6 +254,16 @@ class ProductDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
 
+    def augment_batch(self, images: torch.Tensor) -> torch.Tensor:
+        """``data.augment`` applied to each image of a uint8 batch, on the batch's device."""
+        if self.augment is None:
+            return images
+        return torch.stack([self.augment(image) for image in images])
+
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # Runs on the training device: augmentation (training batches only, a new draw per
+        # image) and the uint8 -> float conversion happen on the GPU when there is one.
         images, *rest = batch
+        if self.trainer is not None and self.trainer.training:
+            images = self.augment_batch(images)
         return [to_unit_float(images), *rest]
