@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import platform
 import statistics
 import time
@@ -129,27 +130,38 @@ def plain_loop(device: torch.device, images: torch.Tensor, labels: torch.Tensor,
 
 
 class StepTimer(L.Callback):
-    """Wall-clock time stamps of training batches and epochs (data loading included)."""
+    """Wall-clock time stamps of training batches and epochs (data loading included).
 
-    def __init__(self, out: str | None = None) -> None:
+    With ``every=n`` a time stamp is taken (after waiting for the GPU) every n-th training
+    batch; with 0 (default) none is, so that the timer itself adds no GPU sync per step.
+    """
+
+    def __init__(self, out: str | None = None, every: int = 0) -> None:
         self.out = out  # where on_fit_end writes the times (JSON), when given
-        self.batch_ends: list[float] = []
+        self.every = every
+        self.batch_ends: list[float] = []  # one per `every` batches
         self.epochs: list[float] = []  # train + validation wall time of each epoch
         self.train_epochs: list[float] = []  # training part only
         self._start = self._train_done = 0.0
+        self._batches = 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        sync(pl_module.device)
-        self.batch_ends.append(time.perf_counter())
+        self._batches += 1
+        if self.every and self._batches % self.every == 0:
+            sync(pl_module.device)
+            self.batch_ends.append(time.perf_counter())
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
+        sync(pl_module.device)
         self._start, self._train_done = time.perf_counter(), 0.0
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
         if not trainer.sanity_checking:  # validation runs inside the training epoch
+            sync(pl_module.device)
             self._train_done = time.perf_counter()
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
+        sync(pl_module.device)
         end = time.perf_counter()
         self.train_epochs.append((self._train_done or end) - self._start)
         self.epochs.append(end - self._start)
@@ -164,10 +176,10 @@ class StepTimer(L.Callback):
                 "epochs": self.epochs, "train_epochs": self.train_epochs, "peak_rss_mib": peak_mib,
             }))
 
-    def rates(self, batch: int, steps: int, warmup: int) -> list[float]:
-        """img/s over consecutive groups of ``steps`` batches after ``warmup`` batches."""
-        ends = self.batch_ends[warmup - 1:] if warmup else self.batch_ends
-        return [batch * steps / (ends[i + steps] - ends[i]) for i in range(0, len(ends) - steps, steps)]
+    def rates(self, batch: int, skip: int = 1) -> list[float]:
+        """img/s between consecutive time stamps (``every`` batches each), after ``skip`` stamps."""
+        ends = self.batch_ends[max(skip - 1, 0):]
+        return [batch * self.every / (b - a) for a, b in itertools.pairwise(ends)]
 
 
 def fixed_batch(batch: int, size: int = 256, classes: int = 5) -> tuple[torch.Tensor, torch.Tensor]:

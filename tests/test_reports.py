@@ -68,3 +68,26 @@ def test_atomic_write_never_leaves_half_a_file(tmp_path):
         raise KeyboardInterrupt
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+@pytest.mark.parametrize(("share", "steps"), [(1.0, [0, 1, 2, 3]), (0.0, [0, 3])])
+def test_confusion_figure_keeps_to_its_time_share_and_draws_the_last_epoch(
+        tree_factory, tmp_path, share, steps):
+    import lightning as L
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from product_cnn.callbacks import ValConfusionMatrixFigure
+    from product_cnn.data.datamodule import ProductDataModule
+    from product_cnn.module import ProductClassifier
+
+    dm = ProductDataModule(str(tree_factory({"Bags": 10, "Cups": 10})), image_size=32, batch_size=8)
+    dm.setup("fit")
+    trainer = L.Trainer(accelerator="cpu", max_epochs=4, enable_progress_bar=False,
+                        enable_checkpointing=False, enable_model_summary=False,
+                        logger=TensorBoardLogger(tmp_path, name="", version=""),
+                        callbacks=[ValConfusionMatrixFigure(max_time_share=share)])
+    trainer.fit(ProductClassifier(class_names=dm.class_names, image_size=32), datamodule=dm)
+    events = EventAccumulator(str(tmp_path), size_guidance={"images": 0})
+    events.Reload()
+    # share 0: the first epoch (nothing drawn yet) and the last one (drawn at the end of fit)
+    assert [image.step for image in events.Images("val/confusion_matrix")] == steps
