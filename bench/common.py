@@ -140,10 +140,15 @@ class StepTimer(L.Callback):
         self.out = out  # where on_fit_end writes the times (JSON), when given
         self.every = every
         self.batch_ends: list[float] = []  # one per `every` batches
-        self.epochs: list[float] = []  # train + validation wall time of each epoch
-        self.train_epochs: list[float] = []  # training part only
-        self._start = self._train_done = 0.0
+        self.train_epochs: list[float] = []  # training steps of each epoch
+        self._starts: list[float] = []  # of each epoch, plus the end of training
+        self._train_done = 0.0
         self._batches = 0
+
+    @property
+    def epochs(self) -> list[float]:
+        """Whole epochs: from one epoch's start to the next (validation, checkpoints and all)."""
+        return [b - a for a, b in itertools.pairwise(self._starts)]
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._batches += 1
@@ -153,7 +158,8 @@ class StepTimer(L.Callback):
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         sync(pl_module.device)
-        self._start, self._train_done = time.perf_counter(), 0.0
+        self._starts.append(time.perf_counter())
+        self._train_done = 0.0
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
         if not trainer.sanity_checking:  # validation runs inside the training epoch
@@ -162,9 +168,11 @@ class StepTimer(L.Callback):
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         sync(pl_module.device)
-        end = time.perf_counter()
-        self.train_epochs.append((self._train_done or end) - self._start)
-        self.epochs.append(end - self._start)
+        self.train_epochs.append((self._train_done or time.perf_counter()) - self._starts[-1])
+
+    def on_train_end(self, trainer, pl_module) -> None:  # after the last epoch's checkpoints
+        sync(pl_module.device)
+        self._starts.append(time.perf_counter())
 
     def on_fit_end(self, trainer, pl_module) -> None:
         if self.out:

@@ -3,8 +3,9 @@
     python bench/epoch_time.py --epochs 6            # CPU: a few epochs are enough
     python bench/epoch_time.py --epochs 50           # the whole original run (GPU)
 
-Runs the real command, ``python train.py experiment=original data=folder data.root=<slash5>``,
-once with ``data.cache=true`` and once with ``data.cache=false`` (each in its own process, so
+Runs the real command, ``python train.py experiment=original data=folder data.root=<slash5>``
+(checkpoints, TensorBoard, progress bar and all; only the final test is left out), once with
+``data.cache=true`` and once with ``data.cache=false`` (each in its own process, so
 its peak resident memory is its own), and prints the wall time of epochs 2..N (training plus
 validation) as median and spread, and the run's peak RSS. It then times the pure compute of one
 epoch: the same number of training steps and validation batches as a plain PyTorch loop over
@@ -33,8 +34,7 @@ def run_training(root: Path, epochs: int, cache: bool, workdir: Path, extra: lis
     cmd = [
         sys.executable, str(REPO / "train.py"), "experiment=original", "data=folder",
         f"data.root={root}", f"trainer.max_epochs={epochs}", f"data.cache={str(cache).lower()}",
-        f"data.cache_dir={workdir / 'cache'}", "test=false", "callbacks.rich_progress_bar=null",
-        "callbacks.model_checkpoint=null", "callbacks.last_checkpoint=null",
+        f"data.cache_dir={workdir / 'cache'}", "test=false",
         "+callbacks.step_timer._target_=common.StepTimer",
         f"+callbacks.step_timer.out={out}", f"hydra.run.dir={workdir / f'run_{cache}'}", *extra,
     ]
@@ -98,7 +98,7 @@ def pure_compute(root: Path, workdir: Path, channels_last: bool, repeats: int) -
 
 
 def describe(seconds: list[float]) -> str:
-    return f"{statistics.median(seconds):6.1f} s ({min(seconds):.1f}-{max(seconds):.1f})"
+    return f"{statistics.median(seconds):6.2f} s ({min(seconds):.2f}-{max(seconds):.2f})"
 
 
 def main() -> None:
@@ -107,6 +107,7 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=SLASH5)
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--compute-repeats", type=int, default=3)
+    parser.add_argument("--cache", choices=("both", "on", "off"), default="both")
     parser.add_argument("overrides", nargs="*", help="more train.py overrides, e.g. trainer=gpu")
     args = parser.parse_args()
     if not args.root.is_dir():
@@ -118,20 +119,23 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         results = {}
-        for cache in (True, False):
+        for cache in {"both": (True, False), "on": (True,), "off": (False,)}[args.cache]:
             try:
                 results[cache] = run_training(args.root, args.epochs, cache, workdir, args.overrides)
             except subprocess.CalledProcessError as err:
                 raise SystemExit(f"error: train.py failed:\n{err.stderr.decode()[-2000:]}") from None
             r = results[cache]
-            print(f"cache {'on ' if cache else 'off'}: epoch 1 {r['epochs'][0]:6.1f} s, epochs 2..N "
-                  f"{describe(r['epochs'][1:])}, whole command {r['wall']:6.1f} s, "
+            rest = [e - t for e, t in zip(r["epochs"], r["train_epochs"], strict=False)][1:]
+            print(f"cache {'on ' if cache else 'off'}: epoch 1 {r['epochs'][0]:6.2f} s, epochs 2..N "
+                  f"{describe(r['epochs'][1:])} (training steps {describe(r['train_epochs'][1:])}, "
+                  f"validation + epoch end {describe(rest)}), whole command {r['wall']:6.1f} s, "
                   f"peak RSS {r['peak_rss_mib']:.0f} MiB", flush=True)
         channels_last = not any(o == "model.channels_last=false" for o in args.overrides)
         compute = pure_compute(args.root, workdir, channels_last, args.compute_repeats)
         print(f"pure compute of one epoch (plain loop, tensors in memory): {describe(compute)}")
-        ratio = statistics.median(results[True]["epochs"][1:]) / statistics.median(compute)
-        print(f"cached epoch / pure compute: {ratio:.2f}")
+        for cache, r in results.items():
+            ratio = statistics.median(r["epochs"][1:]) / statistics.median(compute)
+            print(f"{'cached' if cache else 'uncached'} epoch / pure compute: {ratio:.2f}")
 
 
 if __name__ == "__main__":
