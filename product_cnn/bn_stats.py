@@ -13,6 +13,7 @@ the plain mean over that epoch's batches. Training itself (batch statistics) is 
 from __future__ import annotations
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
@@ -25,23 +26,32 @@ def batchnorm_layers(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]
 class EpochBatchNormStats(Callback):
     """Reset BatchNorm running statistics each training epoch and average over its batches.
 
-    The average is kept by setting each layer's momentum to ``1 / (k + 1)`` before the epoch's
-    k-th batch (k from 0), which is what ``momentum=None`` computes, without the GPU-to-CPU
-    sync that ``momentum=None`` costs on every forward pass. A compiled network keeps
-    ``momentum=None``: a momentum that changes every step would recompile it every step.
+    During the epoch each layer runs with ``momentum=1`` (its running statistics are those of
+    the latest batch) and after every batch they are replaced by the mean over the epoch's
+    batches so far: what ``momentum=None`` computes, without the GPU-to-CPU sync that
+    ``momentum=None`` costs on every forward pass, and with a constant momentum that a compiled
+    network does not need to recompile for.
     """
 
     def __init__(self) -> None:
-        self._per_step: list[nn.modules.batchnorm._BatchNorm] = []  # layers to update each step
+        self._stats: list[torch.Tensor] = []  # running mean and var of every layer
+        self._sums: list[torch.Tensor] = []  # their sums over this epoch's batches
+        self._batches = 0
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         layers = batchnorm_layers(pl_module)
         for bn in layers:
             bn.reset_running_stats()
-            bn.momentum = None  # cumulative moving average over this epoch's batches
-        self._per_step = [] if getattr(pl_module.hparams, "compile", False) else layers
+            bn.momentum = 1.0  # running statistics = the statistics of the current batch
+        self._stats = [t for bn in layers for t in (bn.running_mean, bn.running_var)]
+        self._sums = [torch.zeros_like(t) for t in self._stats]
+        self._batches = 0
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch,
-                             batch_idx: int) -> None:
-        for bn in self._per_step:  # the same average as momentum=None, without its GPU sync
-            bn.momentum = 1.0 / (batch_idx + 1)
+    @torch.no_grad()
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
+        if not self._stats:
+            return
+        self._batches += 1
+        torch._foreach_add_(self._sums, self._stats)
+        torch._foreach_copy_(self._stats, torch._foreach_div(self._sums, self._batches))
