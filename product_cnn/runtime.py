@@ -21,7 +21,6 @@ log = logging.getLogger(__name__)
 _M_TRIM_THRESHOLD = -1
 _M_TOP_PAD = -2
 _M_MMAP_MAX = -4
-_M_ARENA_MAX = -8
 
 _TRIM_THRESHOLD = -1  # glibc reads it as size_t: SIZE_MAX, never give freed memory back
 _TOP_PAD = 2**30  # grow the heap in 1 GiB steps (address space only until touched)
@@ -53,7 +52,6 @@ def tune_malloc() -> bool:
         mallopt(param, value)
         for param, value in (
             (_M_MMAP_MAX, 0),
-            (_M_ARENA_MAX, 1),  # threads' own arenas would still mmap and trim
             (_M_TRIM_THRESHOLD, _TRIM_THRESHOLD),
             (_M_TOP_PAD, _TOP_PAD),
         )
