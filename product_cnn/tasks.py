@@ -229,11 +229,16 @@ def check_data(cfg: DictConfig) -> int:
 
     datamodule: ProductDataModule = instantiate(cfg.data, check=True, skip_bad_images=True)
     datamodule.prepare_data()
-    datamodule.setup("fit")
+    quiet = logging.getLogger("product_cnn.data.datamodule")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)  # its INFO lines (split table, groups) are all in the summary
+    try:
+        datamodule.setup("fit")
+    finally:
+        quiet.setLevel(level)
     check = datamodule.check
     tree = datamodule.tree
-    lines = [f"Data: {datamodule.hparams.root} ({'pre-split' if tree.presplit else 'split by us'})",
-             datamodule.summary(), size_and_mode_summary(check.infos)]
+    lines = [datamodule.describe(), size_and_mode_summary(check.infos)]
     if tree.ignored:
         lines.append(f"ignored (not images): {len(tree.ignored)}, e.g. {', '.join(tree.ignored[:3])}")
     lines.append(f"unreadable: {len(check.bad)}")

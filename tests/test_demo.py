@@ -39,3 +39,16 @@ def test_demo_never_writes_into_a_foreign_folder(tmp_path):
     ensure_demo_dataset(tmp_path / "demo", images_per_class=2, seed=0)
     with pytest.raises(DataError, match="different demo data set"):
         ensure_demo_dataset(tmp_path / "demo", images_per_class=3, seed=0)
+
+
+def test_empty_cache_variable_means_the_default_cache_folder(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from product_cnn.config import compose_config
+
+    monkeypatch.setenv("PRODUCT_CNN_CACHE", "")
+    cfg = compose_config("train", [], tmp_path / "run")
+    assert cfg.paths.cache_dir == str(Path("~/.cache/product-cnn").expanduser())
+    assert cfg.data.root.startswith(cfg.paths.cache_dir)  # not "/demo-v4" at the file system root
+    monkeypatch.setenv("PRODUCT_CNN_CACHE", str(tmp_path / "c"))
+    assert compose_config("train", [], tmp_path / "run").paths.cache_dir == str(tmp_path / "c")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ import torch.distributed as dist
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
+from product_cnn.config import default_cache_dir
 from product_cnn.data.augment import build_augment
 from product_cnn.data.cache import DecodedImageCache
 from product_cnn.data.check import TreeCheck, check_tree
@@ -27,11 +27,6 @@ from product_cnn.reproducible import EpochShuffleSampler, EpochWeightedSampler
 log = logging.getLogger(__name__)
 
 BALANCES = ("none", "weighted_loss", "sampler")
-
-
-def default_cache_dir() -> str:
-    """``$PRODUCT_CNN_CACHE`` when set and not empty, else ``~/.cache/product-cnn``."""
-    return os.environ.get("PRODUCT_CNN_CACHE") or str(Path("~/.cache/product-cnn").expanduser())
 
 
 class ImageListDataset(Dataset):
@@ -162,9 +157,15 @@ class ProductDataModule(L.LightningDataModule):
         if tree.ignored:
             log.warning("Ignored %d non-image file(s) in %s, e.g. %s",
                         len(tree.ignored), hp.root, tree.ignored[0])
-        log.info("Data: %s (%s)\n%s", hp.root, "pre-split" if tree.presplit else
-                 f"split {1 - hp.val_fraction - hp.test_fraction:.0%}/{hp.val_fraction:.0%}/"
-                 f"{hp.test_fraction:.0%}, seed {hp.split_seed}", self.summary())
+        log.info("%s", self.describe())
+
+    def describe(self) -> str:
+        """``Data: <root> (<how it was split>)`` and the per-class, per-split table."""
+        hp = self.hparams
+        how = "pre-split" if self.tree is not None and self.tree.presplit else (
+            f"split {1 - hp.val_fraction - hp.test_fraction:.0%}/{hp.val_fraction:.0%}/"
+            f"{hp.test_fraction:.0%}, seed {hp.split_seed}")
+        return f"Data: {hp.root} ({how})\n{self.summary()}"
 
     def _log_duplicates(self, presplit: bool) -> None:
         check = self.check
