@@ -56,6 +56,8 @@ class ProductClassifier(L.LightningModule):
     ``class_weights`` (one per class) weight the training cross-entropy.
     """
 
+    METRIC_FLUSH_STEPS = 50  # steps between metric updates (each one GPU sync)
+
     def __init__(
         self,
         num_classes: int = 5,
@@ -159,8 +161,6 @@ class ProductClassifier(L.LightningModule):
         if len(self._pending[stage]) >= self.METRIC_FLUSH_STEPS:
             self._flush(stage)
         return loss, logits.detach()
-
-    METRIC_FLUSH_STEPS = 50  # steps between metric updates (and GPU syncs)
 
     def _flush(self, stage: str) -> None:
         """Add the pending steps of ``stage`` to its metrics (and the val/test extras)."""

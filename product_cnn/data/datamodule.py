@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +35,10 @@ class ImageListDataset(Dataset):
     """
 
     def __init__(self, samples: list[Sample], image_size: int | tuple[int, int] = 256,
-                 cache: DecodedImageCache | None = None,
-                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+                 cache: DecodedImageCache | None = None) -> None:
         self.samples = samples
         self.image_size = image_size
         self.cache = cache
-        self.transform = transform
         if cache is not None:
             position = {path: i for i, path in enumerate(cache.paths)}
             self.cache_index = [position[path] for path, _ in samples]
@@ -55,8 +52,6 @@ class ImageListDataset(Dataset):
             image = self.cache[self.cache_index[index]]
         else:
             image = load_image(path, self.image_size)
-        if self.transform is not None:
-            image = self.transform(image)
         return image, label
 
 
