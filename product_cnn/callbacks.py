@@ -46,8 +46,8 @@ class ValConfusionMatrixFigure(Callback):
         if _tensorboard(trainer) is None or trainer.sanity_checking or pl_module.val_confusion is None:
             return
         self._pending = (pl_module.val_confusion.tolist(), pl_module.class_names, trainer.current_epoch)
-        elapsed = time.perf_counter() - (self._start or time.perf_counter())
-        if self._start is None or self._drawing <= self.max_time_share * elapsed:
+        if self._start is None or \
+                self._drawing <= self.max_time_share * (time.perf_counter() - self._start):
             self._draw(trainer)
 
     @rank_zero_only
