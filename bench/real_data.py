@@ -45,7 +45,7 @@ OPTIONS = {
 def run_one(root: Path, option: str, seed: int, epochs: int, extra: list[str], workdir: Path) -> dict:
     overrides = [
         "data=folder", f"data.root={root}", f"seed={seed}", f"trainer.max_epochs={epochs}",
-        "callbacks.rich_progress_bar=null", "callbacks.rich_model_summary=null",
+        "callbacks.rich_progress_bar=null", "callbacks.model_summary=null",
         "callbacks.val_confusion_matrix=null", "callbacks.test_prediction_grid=null", "logger=csv",
         *OPTIONS[option], *extra,
     ]

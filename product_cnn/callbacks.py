@@ -13,8 +13,10 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
+from matplotlib.figure import Figure
 
-from product_cnn.reports import build_report, confusion_matrix_figure, plt, write_report
+from product_cnn.reports import build_report, confusion_matrix_figure, write_report
+from product_cnn.run_record import record_of
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +45,10 @@ class ValConfusionMatrixFigure(Callback):
 
     @rank_zero_only
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if _tensorboard(trainer) is None or trainer.sanity_checking or pl_module.val_confusion is None:
+        record = record_of(pl_module)
+        if _tensorboard(trainer) is None or trainer.sanity_checking or record.val_confusion is None:
             return
-        self._pending = (pl_module.val_confusion.tolist(), pl_module.class_names, trainer.current_epoch)
+        self._pending = (record.val_confusion.tolist(), record.class_names, trainer.current_epoch)
         if self._start is None or \
                 self._drawing <= self.max_time_share * (time.perf_counter() - self._start):
             self._draw(trainer)
@@ -62,7 +65,6 @@ class ValConfusionMatrixFigure(Callback):
         confusion, names, epoch = self._pending
         fig = confusion_matrix_figure(confusion, names, title=f"Validation, epoch {epoch + 1}")
         tb.experiment.add_figure("val/confusion_matrix", fig, global_step=epoch)
-        plt.close(fig)
         self._pending = None
         self._drawing += time.perf_counter() - start
 
@@ -92,10 +94,11 @@ class TestPredictionGrid(Callback):
         tb = _tensorboard(trainer)
         if tb is None or not self._items:
             return
-        names = pl_module.class_names
+        names = record_of(pl_module).class_names
         cols = min(8, len(self._items))
         rows = math.ceil(len(self._items) / cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(2 * cols, 2.3 * rows), squeeze=False)
+        fig = Figure(figsize=(2 * cols, 2.3 * rows))
+        axes = fig.subplots(rows, cols, squeeze=False)
         for ax in axes.flat:
             ax.axis("off")
         for ax, (image, label, pred, conf) in zip(axes.flat, self._items, strict=False):
@@ -105,7 +108,6 @@ class TestPredictionGrid(Callback):
                          fontsize=8, color="red" if wrong else "black")
         fig.tight_layout()
         tb.experiment.add_figure("test/predictions", fig, global_step=trainer.global_step)
-        plt.close(fig)
         self._items = []
 
 
@@ -118,22 +120,24 @@ class ReportWriter(Callback):
 
     @rank_zero_only
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if pl_module.test_report is None:
+        record = record_of(pl_module)
+        if record.test_report is None:
             return
         datamodule = trainer.datamodule
         context: dict[str, Any] = {"checkpoint": str(trainer.ckpt_path) if trainer.ckpt_path else None}
         if datamodule is not None and hasattr(datamodule, "counts"):
             context["data_root"] = datamodule.hparams.root
             context["split_sizes"] = {split: sum(c) for split, c in datamodule.counts().items()}
-        report = build_report(pl_module.test_report, pl_module.class_names, **context)
-        paths = write_report(self.dirpath, report, pl_module.history)
+        report = build_report(record.test_report, record.class_names, **context)
+        paths = write_report(self.dirpath, report, record.history)
         log.info("Report: %s", ", ".join(str(p) for p in paths))
         log.info("Classification report (test split, %d images):\n%s", report["num_samples"],
                  Path(self.dirpath, "classification_report.txt").read_text().rstrip())
-        self._log_hparams(trainer, pl_module, report)
+        self._log_hparams(trainer, pl_module, report, record.history)
 
     @staticmethod
-    def _log_hparams(trainer: L.Trainer, pl_module: L.LightningModule, report: dict[str, Any]) -> None:
+    def _log_hparams(trainer: L.Trainer, pl_module: L.LightningModule, report: dict[str, Any],
+                     history: list[dict[str, float]]) -> None:
         tb = _tensorboard(trainer)
         if tb is None:
             return
@@ -141,7 +145,7 @@ class ReportWriter(Callback):
         if trainer.datamodule is not None:
             params.update({f"data/{k}": v for k, v in trainer.datamodule.hparams.items()})
         metrics = {"hp/test_acc": report["accuracy"], "hp/test_f1_macro": report["macro"]["f1"]}
-        best = [h["val/acc"] for h in pl_module.history if "val/acc" in h]
+        best = [h["val/acc"] for h in history if "val/acc" in h]
         if best:
             metrics["hp/best_val_acc"] = max(best)
         tb.log_hyperparams(params, metrics=metrics)

@@ -2,25 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-
-
-def default_cache_dir() -> str:
-    """``$PRODUCT_CNN_CACHE`` when set and not empty, else ``~/.cache/product-cnn``."""
-    return os.environ.get("PRODUCT_CNN_CACHE") or str(Path("~/.cache/product-cnn").expanduser())
-
-
-# ${product_cnn_cache:} in conf/paths (oc.env's default would not cover a variable set to "")
-if not OmegaConf.has_resolver("product_cnn_cache"):
-    OmegaConf.register_new_resolver("product_cnn_cache", default_cache_dir)
 
 
 def compose_config(config_name: str, overrides: list[str], output_dir: str | Path,

@@ -17,6 +17,7 @@ from torch import nn
 
 from product_cnn.atomic import atomic_path, write_text
 from product_cnn.checkpoint import read_checkpoint
+from product_cnn.data.images import image_hw
 from product_cnn.errors import ProductCNNError
 
 log = logging.getLogger(__name__)
@@ -42,8 +43,7 @@ def load_for_export(ckpt_path: str | Path) -> tuple[ProbabilityModel, dict]:
     checkpoint = read_checkpoint(ckpt_path)
     module = ProductClassifier.from_checkpoint_dict(checkpoint, name=f"checkpoint {ckpt_path}",
                                                   channels_last=False)
-    size = module.hparams.image_size
-    height, width = (size, size) if isinstance(size, int) else size
+    height, width = image_hw(module.hparams.image_size)
     meta = {
         "class_names": module.class_names,
         "input": {"name": "images", "shape": ["N", 3, height, width], "dtype": "float32",

@@ -10,21 +10,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from product_cnn.data.images import ImageSize, image_hw
+
 KERAS_BN_EPS = 1e-3
 KERAS_BN_MOMENTUM = 0.01  # PyTorch counts momentum the other way round: Keras 0.99 -> 0.01
 
 
-def _pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
-    if isinstance(size, int):
-        return size, size
-    height, width = size
-    return int(height), int(width)
-
-
-def feature_map_size(image_size: int | tuple[int, int]) -> tuple[int, int]:
+def feature_map_size(image_size: ImageSize) -> tuple[int, int]:
     """Spatial size after both conv/pool stages (61x61 for a 256x256 input)."""
     out = []
-    for side in _pair(image_size):
+    for side in image_hw(image_size):
         side = (side - 5) // 2  # 6x6 valid conv, then 2x2 max-pool
         side = (side - 2) // 2  # 3x3 valid conv, then 2x2 max-pool
         if side < 1:
@@ -42,7 +37,7 @@ class KerasCNN(nn.Module):
     def __init__(
         self,
         num_classes: int = 5,
-        image_size: int | tuple[int, int] = 256,
+        image_size: ImageSize = 256,
         dropout: float = 0.1,
     ) -> None:
         super().__init__()

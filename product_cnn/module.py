@@ -9,7 +9,6 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import (
     MulticlassAccuracy,
@@ -19,8 +18,10 @@ from torchmetrics.classification import (
     MulticlassRecall,
 )
 
+from product_cnn.data.images import ImageSize, image_hw
 from product_cnn.errors import CheckpointError
 from product_cnn.model import KerasCNN
+from product_cnn.run_record import RunRecord
 
 STAGES = ("train", "val", "test")
 KERAS_ADAM = {"_target_": "torch.optim.Adam", "lr": 1e-3, "betas": [0.9, 0.999], "eps": 1e-7}
@@ -39,13 +40,6 @@ def report_metrics(num_classes: int) -> MetricCollection:
     return MetricCollection(metrics)
 
 
-def _plain(value: Any) -> Any:
-    """OmegaConf containers -> plain dicts/lists, so checkpoints hold only plain types."""
-    if isinstance(value, DictConfig) or OmegaConf.is_list(value):
-        return OmegaConf.to_container(value, resolve=True)
-    return value
-
-
 class ProductClassifier(L.LightningModule):
     """Trains :class:`KerasCNN` with cross-entropy on logits; inference returns softmax.
 
@@ -62,7 +56,7 @@ class ProductClassifier(L.LightningModule):
         self,
         num_classes: int = 5,
         class_names: Sequence[str] | None = None,
-        image_size: int = 256,
+        image_size: ImageSize = 256,
         dropout: float = 0.1,
         optimizer: Mapping[str, Any] | None = None,
         scheduler: Mapping[str, Any] | None = None,
@@ -71,17 +65,18 @@ class ProductClassifier(L.LightningModule):
         class_weights: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
-        class_names = list(_plain(class_names)) if class_names is not None else None
+        # plain types only (Hydra instantiates with _convert_="all"): checkpoints load weights_only
+        class_names = list(class_names) if class_names is not None else None
         if class_names is not None:
             num_classes = len(class_names)
-        optimizer = _plain(optimizer) if optimizer is not None else dict(KERAS_ADAM)
-        scheduler = _plain(scheduler)
-        image_size = _plain(image_size)
-        class_weights = [float(w) for w in _plain(class_weights)] if class_weights is not None else None
+        optimizer = dict(optimizer) if optimizer is not None else dict(KERAS_ADAM)
+        scheduler = dict(scheduler) if scheduler else None
+        class_weights = [float(w) for w in class_weights] if class_weights is not None else None
         if class_weights is not None and len(class_weights) != num_classes:
             raise ValueError(f"{len(class_weights)} class weights for {num_classes} classes")
         self.save_hyperparameters()
         self.net = KerasCNN(num_classes=num_classes, image_size=image_size, dropout=dropout)
+        self.example_input_array = torch.zeros(1, 3, *image_hw(image_size))  # FLOPs per image in the summary
         # class-weighted training loss (data.balance=weighted_loss); val/test losses stay plain
         self.register_buffer("class_weights", torch.tensor(class_weights) if class_weights else None,
                              persistent=False)
@@ -105,10 +100,7 @@ class ProductClassifier(L.LightningModule):
         })
         self.val_confmat = MulticlassConfusionMatrix(num_classes)
         self.test_report_metrics = report_metrics(num_classes)
-        # filled as training and testing go; read by callbacks and the report writer
-        self.history: list[dict[str, float]] = []  # one entry per epoch: train/* and val/*
-        self.val_confusion: torch.Tensor | None = None  # of the latest validation epoch
-        self.test_report: dict[str, torch.Tensor] | None = None  # report_metrics, computed
+        self.record = RunRecord(self.class_names)  # filled as training and testing go; read by callbacks
         self._last_val: dict[str, float] = {}
         # Per-step (loss, logits, labels) waiting to be added to the metrics. Per-class metrics
         # count with torch.bincount, which waits for the GPU (a sync per step would stall the
@@ -203,7 +195,7 @@ class ProductClassifier(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         train = self._log_epoch("train")
-        self.history.append({"epoch": self.current_epoch, **train, **self._last_val})
+        self.record.history.append({"epoch": self.current_epoch, **train, **self._last_val})
         self._last_val = {}
 
     def on_validation_epoch_end(self) -> None:
@@ -214,23 +206,23 @@ class ProductClassifier(L.LightningModule):
             self.val_confmat.reset()
             return
         self._last_val = self._log_epoch("val")
-        self.val_confusion = self.val_confmat.compute().cpu()
+        self.record.val_confusion = self.val_confmat.compute().cpu()
         self.val_confmat.reset()
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test")  # flushes the pending test steps into the report metrics too
-        self.test_report = {k: v.cpu() for k, v in self.test_report_metrics.compute().items()}
+        self.record.test_report = {k: v.cpu() for k, v in self.test_report_metrics.compute().items()}
         self.test_report_metrics.reset()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["metric_history"] = [dict(h) for h in self.history]
+        checkpoint["metric_history"] = [dict(h) for h in self.record.history]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Resuming or evaluating a checkpoint: take its history. Testing the best checkpoint
         # right after training: keep the longer history of the whole run.
         saved = [dict(h) for h in checkpoint.get("metric_history", [])]
-        if len(saved) >= len(self.history):
-            self.history = saved
+        if len(saved) >= len(self.record.history):
+            self.record.history = saved
 
     def configure_optimizers(self) -> Any:
         optimizer = instantiate(self.hparams.optimizer, params=self.parameters())

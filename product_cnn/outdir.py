@@ -1,4 +1,4 @@
-"""Is there room to write a run? Checked before Hydra creates the run folder and again at start."""
+"""Is there room to write a run? Checked once, before Hydra creates the run folder."""
 
 from __future__ import annotations
 

@@ -25,7 +25,16 @@ from torch.utils.data import DataLoader, Dataset
 
 from product_cnn.atomic import write_text
 from product_cnn.checkpoint import read_checkpoint
-from product_cnn.data.images import load_image, pil_to_tensor, to_unit_float
+from product_cnn.data.folder import find_images
+from product_cnn.data.images import (
+    IMG_EXTENSIONS,
+    ImageSize,
+    image_hw,
+    is_image_file,
+    load_image,
+    pil_to_tensor,
+    to_unit_float,
+)
 from product_cnn.errors import DataError, ImageLoadError
 from product_cnn.model import KerasCNN
 
@@ -52,11 +61,10 @@ class Prediction:
 class _InputDataset(Dataset):
     """Decodes each input; an unreadable one yields a blank image and its error message."""
 
-    def __init__(self, inputs: Sequence[ImageInput], image_size: int | tuple[int, int]) -> None:
+    def __init__(self, inputs: Sequence[ImageInput], image_size: ImageSize) -> None:
         self.inputs = inputs
         self.image_size = image_size
-        size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-        self.blank = torch.zeros(3, *size, dtype=torch.uint8)
+        self.blank = torch.zeros(3, *image_hw(image_size), dtype=torch.uint8)
 
     def __len__(self) -> int:
         return len(self.inputs)
@@ -74,34 +82,45 @@ class _InputDataset(Dataset):
 
 
 def expand_inputs(inputs: str | Path | Iterable[str | Path]) -> list[str]:
-    """Files, folders (recursively, every visible file) and glob patterns -> sorted file list.
+    """Files, folders and glob patterns -> the list of files to classify, in order.
 
-    Raises :class:`DataError` for a path or pattern that matches nothing.
+    Folders (searched recursively) and patterns give their image files, as the training scan
+    finds them; other files there are skipped with a note in the log. A file named explicitly
+    is always kept: one that is not an image gets its error in the results. Raises
+    :class:`DataError` for a path or pattern that matches nothing.
     """
     items = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
     files: list[str] = []
+    skipped: list[str] = []
     for item in items:
         text = os.path.expanduser(str(item))
         if os.path.isdir(text):
-            for dirpath, dirnames, filenames in os.walk(text):
-                dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__MACOSX")
-                files += [os.path.join(dirpath, n) for n in sorted(filenames) if not n.startswith(".")]
+            images, other = find_images(text)
+            files += images
+            skipped += other
         elif os.path.isfile(text):
             files.append(text)
         elif glob.has_magic(text):
             matches = sorted(p for p in glob.glob(text, recursive=True) if os.path.isfile(p))
             if not matches:
                 raise DataError(f"no files match {text}")
-            files += matches
+            files += [p for p in matches if is_image_file(p)]
+            skipped += [p for p in matches if not is_image_file(p)]
         else:
             raise DataError(f"input {text} does not exist")
+    if skipped:
+        log.info("Skipped %d file(s) that are not images (by their extension), e.g. %s",
+                 len(skipped), skipped[0])
+    if not files:
+        raise DataError(f"no image files in {', '.join(map(str, items))} "
+                        f"(looked for {', '.join(IMG_EXTENSIONS)})")
     return list(dict.fromkeys(files))  # keep order, drop repeats
 
 
 class Predictor:
     """A trained network plus its class names and preprocessing, ready to classify photos."""
 
-    def __init__(self, net: KerasCNN, class_names: Sequence[str], image_size: int | tuple[int, int] = 256,
+    def __init__(self, net: KerasCNN, class_names: Sequence[str], image_size: ImageSize = 256,
                  device: str = "auto", batch_size: int = 32, num_workers: int = 0) -> None:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"

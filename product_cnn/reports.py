@@ -12,12 +12,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, no display needed
-import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.figure import Figure
+from matplotlib.figure import Figure  # figures without pyplot: no display, no global state
 from matplotlib.ticker import MaxNLocator
 
 from product_cnn.atomic import atomic_path, write_text
@@ -26,12 +22,9 @@ REPORT_FILES = ("metrics.json", "classification_report.txt", "confusion_matrix.p
 
 
 def save_figure(path: str | Path, fig: Figure) -> None:
-    """Save a matplotlib figure to ``path`` atomically and close it."""
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png", dpi=110, bbox_inches="tight")
-    finally:
-        plt.close(fig)
+    """Save a matplotlib figure to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png", dpi=110, bbox_inches="tight")
 
 
 def build_report(
@@ -96,7 +89,8 @@ def confusion_matrix_figure(confmat: Sequence[Sequence[int]], class_names: Seque
     rows = counts.sum(axis=1, keepdims=True)
     normalised = np.divide(counts, rows, out=np.zeros(counts.shape, dtype=float), where=rows > 0)
     size = 2.2 + 0.55 * len(class_names)
-    fig, axes = plt.subplots(1, 2, figsize=(2 * size + 1.5, size))
+    fig = Figure(figsize=(2 * size + 1.5, size))
+    axes = fig.subplots(1, 2)
     panels = ((counts, "counts", "d"), (normalised, "normalised by true class", ".2f"))
     for ax, (matrix, label, fmt) in zip(axes, panels, strict=True):
         ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
@@ -116,7 +110,8 @@ def confusion_matrix_figure(confmat: Sequence[Sequence[int]], class_names: Seque
 
 def curves_figure(history: Sequence[dict[str, float]]) -> Figure:
     """Train/val loss and accuracy per epoch, like the original work's two plots."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    axes = fig.subplots(1, 2)
     for ax, metric in zip(axes, ("loss", "acc"), strict=True):
         for stage, style in (("train", "-o"), ("val", "-s")):
             points = [(h["epoch"] + 1, h[f"{stage}/{metric}"]) for h in history if f"{stage}/{metric}" in h]

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from omegaconf import DictConfig, open_dict
 
+from product_cnn.checkpoint import read_checkpoint
 from product_cnn.errors import CheckpointError
+from product_cnn.outdir import check_writable
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +37,39 @@ def run_dir_of(checkpoint: Path) -> Path | None:
     if checkpoint.resolve().parent.name == "checkpoints" and (run / ".hydra").is_dir():
         return run
     return None
+
+
+def resolve_resume(cfg: DictConfig) -> tuple[str | None, dict[str, Any] | None]:
+    """The checkpoint ``cfg.ckpt_path`` names (a path or ``last``), read safely, or (None, None).
+
+    A checkpoint of one of our runs continues in that run's folder: ``cfg.paths.output_dir``
+    is switched to it (after checking that it can still be written).
+    """
+    if not cfg.get("ckpt_path"):
+        return None, None
+    if str(cfg.ckpt_path) == "last":
+        path = find_last_checkpoint(Path(cfg.paths.log_dir) / cfg.task_name)
+    else:
+        path = Path(str(cfg.ckpt_path)).expanduser()
+    checkpoint = read_checkpoint(path)  # weights_only: refuses pickled code, names the file
+    if "optimizer_states" not in checkpoint or "loops" not in checkpoint:
+        raise CheckpointError(f"checkpoint {path} holds weights only, not a training state to resume")
+    run_dir = run_dir_of(path)
+    if run_dir is not None:
+        check_writable(run_dir)
+        log.info("Resuming from %s: checkpoints, TensorBoard and reports continue in %s "
+                 "(this command's own log: %s)", path, run_dir, cfg.paths.output_dir)
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(run_dir)
+    return str(path), checkpoint
+
+
+def check_same_classes(ckpt_path: str, saved: Sequence[str] | None, class_names: Sequence[str],
+                       root: str) -> None:
+    """A resumed run must see the class list its checkpoint was trained on."""
+    if saved and list(saved) != list(class_names):
+        raise CheckpointError(f"checkpoint {ckpt_path} was trained on classes {list(saved)}, "
+                              f"but {root} has {list(class_names)}")
 
 
 class ResumeHint(Callback):

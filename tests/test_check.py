@@ -20,7 +20,7 @@ from product_cnn.data.images import load_image, to_unit_float
 from product_cnn.data.split import stratified_split
 from product_cnn.errors import DataError
 from product_cnn.reproducible import EpochWeightedSampler
-from tests.conftest import REPO, make_tree
+from tests.helpers import REPO, make_tree
 
 
 def _jpeg_bytes(color=(200, 30, 30), size=(64, 48)) -> bytes:

@@ -75,7 +75,7 @@ def test_single_class_tree_is_refused(tree_factory):
 
 
 def test_images_without_class_folders_are_explained(tmp_path):
-    from tests.conftest import write_image
+    from tests.helpers import write_image
 
     write_image(tmp_path / "loose" / "a.jpg", (1, 2, 3), 0)
     with pytest.raises(DataError, match=r"found 1 images directly in it"):

@@ -44,11 +44,36 @@ def test_demo_never_writes_into_a_foreign_folder(tmp_path):
 def test_empty_cache_variable_means_the_default_cache_folder(tmp_path, monkeypatch):
     from pathlib import Path
 
+    from hydra.utils import instantiate
+
     from product_cnn.config import compose_config
 
+    def demo_data():  # the data module the default config builds (it writes nothing yet)
+        return instantiate(compose_config("train", [], tmp_path / "run").data, _convert_="all")
+
     monkeypatch.setenv("PRODUCT_CNN_CACHE", "")
-    cfg = compose_config("train", [], tmp_path / "run")
-    assert cfg.paths.cache_dir == str(Path("~/.cache/product-cnn").expanduser())
-    assert cfg.data.root.startswith(cfg.paths.cache_dir)  # not "/demo-v4" at the file system root
+    data = demo_data()
+    assert data.cache_dir == str(Path("~/.cache/product-cnn").expanduser())
+    assert data.hparams.root.startswith(data.cache_dir)  # not "/demo-v4" at the file system root
     monkeypatch.setenv("PRODUCT_CNN_CACHE", str(tmp_path / "c"))
-    assert compose_config("train", [], tmp_path / "run").paths.cache_dir == str(tmp_path / "c")
+    assert demo_data().cache_dir == str(tmp_path / "c")
+
+
+def test_configs_compose_and_resolve_without_importing_the_package(tmp_path):
+    """Another program composing conf/train.yaml needs no resolver of ours."""
+    import subprocess
+    import sys
+
+    from tests.helpers import CONF_DIR
+
+    code = (
+        "from hydra import compose, initialize_config_dir\n"
+        "from omegaconf import OmegaConf\n"
+        f"with initialize_config_dir(version_base='1.3', config_dir={str(CONF_DIR)!r}):\n"
+        "    cfg = compose('train', overrides=['paths.output_dir=/tmp/x'])\n"
+        "print(OmegaConf.to_container(cfg, resolve=True)['data']['cache_dir'])\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "None"

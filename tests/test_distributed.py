@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from product_cnn.tasks import evaluate
-from tests.conftest import REPO, compose_cfg, make_tree
+from tests.helpers import REPO, compose_cfg, make_tree
 
 TINY = ["data=folder", "data.image_size=32", "data.batch_size=4", "trainer.accelerator=cpu",
-        "callbacks.rich_progress_bar=null", "callbacks.rich_model_summary=null"]
+        "callbacks.rich_progress_bar=null", "callbacks.model_summary=null"]
 
 
 def _train(tmp_path: Path, *overrides: str, multirun: bool = False) -> subprocess.CompletedProcess:

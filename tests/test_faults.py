@@ -18,11 +18,12 @@ import torch
 from product_cnn.checkpoint import read_checkpoint
 from product_cnn.checkpoint_io import AtomicCheckpointIO
 from product_cnn.errors import CheckpointError, ProductCNNError
-from product_cnn.tasks import check_output_dir, train
-from tests.conftest import REPO, make_tree
+from product_cnn.outdir import check_writable
+from product_cnn.tasks import train
+from tests.helpers import REPO, make_tree
 
 TINY = ["data=folder", "data.image_size=32", "data.batch_size=8", "trainer.accelerator=cpu",
-        "callbacks.rich_progress_bar=null", "callbacks.rich_model_summary=null"]
+        "callbacks.rich_progress_bar=null", "callbacks.model_summary=null"]
 
 
 def _start(tmp_path: Path, run: str, *overrides: str) -> subprocess.Popen:
@@ -165,14 +166,14 @@ def test_unwritable_or_full_output_dir_fails_at_start(tmp_path, monkeypatch):
     blocker.write_text("not a folder")
     with pytest.raises(ProductCNNError, match=r"output directory .*a_file/run cannot be created: .*a_file "
                                               r"is not a folder"):
-        check_output_dir(str(blocker / "run"))
+        check_writable(str(blocker / "run"))
     import shutil
     from collections import namedtuple
 
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 2**20, 2**20))
     with pytest.raises(ProductCNNError, match=r"only 1 MiB free under"):
-        check_output_dir(str(tmp_path / "run"))
+        check_writable(str(tmp_path / "run"))
 
 
 def test_cli_unwritable_output_dir_is_one_line(tmp_path, photos):

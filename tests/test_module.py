@@ -82,9 +82,9 @@ def test_batched_metric_updates_equal_per_step_updates(small, monkeypatch):
     for every in (1, 2, 50):
         monkeypatch.setattr(ProductClassifier, "METRIC_FLUSH_STEPS", every)
         val = _trainer().validate(model, datamodule=dm, verbose=False)[0]
-        confusion = model.val_confusion
+        confusion = model.record.val_confusion
         test = _trainer().test(model, datamodule=dm, verbose=False)[0]
-        results[every] = (val, confusion, test, model.test_report)
+        results[every] = (val, confusion, test, model.record.test_report)
     first = results[1]
     assert first[1].sum() == len(dm.split_samples["val"])
     assert first[3]["confmat"].sum() == len(dm.split_samples["test"])

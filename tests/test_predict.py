@@ -13,7 +13,7 @@ from product_cnn.data.datamodule import ProductDataModule
 from product_cnn.errors import DataError
 from product_cnn.module import ProductClassifier
 from product_cnn.predict import Predictor, expand_inputs
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 @pytest.fixture
@@ -75,14 +75,16 @@ def test_predict_cli_reports_bad_files_and_sorts_copies(tiny_run, mixed_folder, 
     )
     assert proc.returncode == 1, proc.stderr[-2000:]  # some inputs failed
     rows = list(csv.DictReader((tmp_path / "out" / "predictions.csv").open()))
-    assert len(rows) == 7
+    assert len(rows) == 6  # readme.txt is not an image: skipped with a note, not a failed photo
     bad = {r["path"].split("/")[-1]: r["error"] for r in rows if r["error"]}
-    assert set(bad) == {"broken.jpg", "readme.txt"}
+    assert set(bad) == {"broken.jpg"}
     good = [r for r in rows if not r["error"]]
     assert len(good) == 5
     assert all(r["category"] in {"Bags", "Cups", "Pens"} and 0 < float(r["confidence"]) <= 1 for r in good)
     assert all(r["top1_category"] == r["category"] for r in good)
-    assert "Classified 5 of 7 file(s); 2 could not be read" in (tmp_path / "out" / "predict.log").read_text()
+    log = (tmp_path / "out" / "predict.log").read_text()
+    assert "Classified 5 of 6 file(s); 1 could not be read" in log
+    assert "Skipped 1 file(s) that are not images" in log and "readme.txt" in log
     copies = sorted(p.name for p in sorted_dir.rglob("*.jpg"))
     assert len(copies) == 5 and "broken.jpg" not in copies
     for r in good:  # each copy sits under its predicted category
@@ -102,8 +104,18 @@ def test_json_output_and_globs(tiny_run, mixed_folder, tmp_path):
     assert all(len(d["topk"]) == 2 for d in data if not d["error"])
 
 
+def test_a_named_file_that_is_not_an_image_is_still_an_error(tiny_run, mixed_folder):
+    files = expand_inputs([mixed_folder / "readme.txt", mixed_folder])
+    assert files[0].endswith("readme.txt") and sum(f.endswith(".txt") for f in files) == 1
+    result = Predictor.from_checkpoint(tiny_run["best"], device="cpu").predict(files[:1])[0]
+    assert not result.ok and "not an image" in result.error
+
+
 def test_missing_inputs_are_a_clear_error(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         expand_inputs(tmp_path / "nope")
     with pytest.raises(DataError, match="no files match"):
         expand_inputs(str(tmp_path / "*.jpg"))
+    (tmp_path / "notes.txt").write_text("not a photo")
+    with pytest.raises(DataError, match="no image files in"):
+        expand_inputs(tmp_path)

@@ -14,7 +14,7 @@ from product_cnn.checkpoint import read_checkpoint
 from product_cnn.errors import CheckpointError
 from product_cnn.predict import Predictor
 from product_cnn.tasks import train
-from tests.conftest import REPO, make_tree
+from tests.helpers import REPO, make_tree
 
 
 class Payload:

@@ -9,15 +9,16 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
+from product_cnn.data.demo import default_demo_root
 from product_cnn.tasks import evaluate, train
-from tests.conftest import CONF_DIR, REPO, compose_cfg
+from tests.helpers import CONF_DIR, REPO, compose_cfg, make_tree
 
 
 def test_fast_dev_run_on_the_demo_data(train_cfg):
     cfg = train_cfg("debug=fdr", "data.demo_images_per_class=4")
     metrics = train(cfg)
     assert {"train/loss", "val/acc", "test/acc", "test/f1"} <= set(metrics)
-    assert Path(cfg.data.root, "Stationary", "0003.jpg").is_file()
+    assert Path(default_demo_root(cfg.data.cache_dir), "Stationary", "0003.jpg").is_file()
 
 
 def test_two_epochs_then_eval_reproduces_the_test_accuracy(train_cfg, tree_factory, tmp_path):
@@ -41,7 +42,7 @@ def test_two_epochs_then_eval_reproduces_the_test_accuracy(train_cfg, tree_facto
 
 
 def test_eval_refuses_data_with_other_classes(train_cfg, tree_factory, tmp_path):
-    from product_cnn.errors import CheckpointError
+    from product_cnn.errors import DataError
 
     root = tree_factory({"Bags": 6, "Cups": 6})
     cfg = train_cfg("data=folder", f"data.root={root}", "trainer.max_epochs=1", "test=false")
@@ -50,8 +51,32 @@ def test_eval_refuses_data_with_other_classes(train_cfg, tree_factory, tmp_path)
     other = tree_factory({"Hats": 6, "Cups": 6}, name="other")
     overrides = [f"ckpt_path={best}", f"data.root={other}"]
     eval_cfg = compose_cfg("eval", overrides, tmp_path / "e", tmp_path / "c")
-    with pytest.raises(CheckpointError, match=r"trained on classes \['Bags', 'Cups'\]"):
+    with pytest.raises(DataError, match=r"class folder\(s\) Hats in .*other are not among the model's "
+                                        r"classes \(Bags, Cups\)"):
         evaluate(eval_cfg)
+
+
+def test_eval_on_a_shop_folder_tests_every_photo_with_classes_matched_by_name(train_cfg, tree_factory,
+                                                                               tmp_path):
+    import json
+
+    cfg = train_cfg("data=folder", f"data.root={tree_factory()}", "trainer.max_epochs=1", "test=false")
+    train(cfg)
+    best = next(Path(cfg.paths.output_dir, "checkpoints").glob("epoch_*.ckpt"))
+    shop = make_tree(tmp_path / "shop", {"Pens": 5, "Bags": 4})  # a subset, in another order
+
+    def evaluate_on(folder: Path, *extra: str) -> dict:
+        out = tmp_path / f"eval_{folder.name}_{len(extra)}"
+        evaluate(compose_cfg("eval", ["trainer.accelerator=cpu", f"ckpt_path={best}", f"data.root={folder}",
+                                      *extra], out, tmp_path / "c"))
+        return json.loads((out / "metrics.json").read_text())
+
+    report = evaluate_on(shop)
+    assert report["class_names"] == ["Bags", "Cups", "Pens"]  # the checkpoint's, by name
+    assert report["num_samples"] == 9  # every photo
+    assert [report["per_class"][n]["support"] for n in ("Bags", "Cups", "Pens")] == [4, 0, 5]
+    split = evaluate_on(tree_factory(name="again"), "data.test_all=false")  # asked for a split
+    assert split["num_samples"] == 3  # 10% of each class of 10
 
 
 @pytest.mark.parametrize(
@@ -103,6 +128,16 @@ def test_cli_asks_for_a_missing_data_root(tmp_path):
     assert "error: missing config value data.root" in proc.stderr
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_cli_gpu_trainer_without_a_gpu_is_one_line_before_any_data_is_read(tmp_path):
+    proc = _cli("train.py", "trainer=gpu", "data=folder", f"data.root={tmp_path}/not_read", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and "Error executing job" not in proc.stderr
+    expected = "error: trainer.accelerator=gpu but this machine has no usable GPU: use trainer=default"
+    assert expected in proc.stderr
+    assert "does not exist" not in proc.stderr  # refused before the data folder was looked at
+
+
 def test_cli_eval_of_a_missing_checkpoint(tmp_path):
     proc = _cli("eval.py", f"ckpt_path={tmp_path}/none.ckpt", cwd=tmp_path)
     assert proc.returncode == 2
@@ -142,6 +177,12 @@ def test_cli_train_then_eval_report_the_same_test_accuracy(tmp_path):
     best = next((out / "checkpoints").glob("epoch_*.ckpt"))
     log = (out / "train.log").read_text()
     assert "Accessories" in log and "total" in log  # classes and split counts are printed
+    assert re.search(r"Model KerasCNN: [0-9,]+ parameters \([0-9,]+ trainable, 320 non-trainable\), "
+                     r"0\.06[0-9] GFLOP per 64x64 image", log)
+    epochs = re.findall(r"Epoch (\d)/2  train loss [0-9.]+ acc [0-9.]+  val loss [0-9.]+ acc [0-9.]+ "
+                        r"f1 [0-9.]+  [0-9.]+ s  best val/acc [0-9.]+ \(epoch \d\)", log)
+    assert epochs == ["1", "2"]  # one line per epoch in the log file, not only on a terminal
+    assert "ETA" in log
     trained = re.search(r"Test: test/acc=([0-9.]+)", log).group(1)
 
     (tmp_path / "e").mkdir()

@@ -16,6 +16,7 @@ from collections.abc import Callable
 import torch
 from torchvision.transforms import v2
 
+from product_cnn.data.images import ImageSize, image_hw
 from product_cnn.errors import DataError
 
 AUGMENTS = ("none", "light", "strong")
@@ -24,15 +25,14 @@ AUGMENTS = ("none", "light", "strong")
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
 
-def build_augment(name: str, image_size: int | tuple[int, int]) -> Transform | None:
+def build_augment(name: str, image_size: ImageSize) -> Transform | None:
     """The transform for ``name`` (one of :data:`AUGMENTS`), or None for ``none``."""
     if name not in AUGMENTS:
         raise DataError(f"data.augment={name!r} is not one of {', '.join(AUGMENTS)}")
     if name == "none":
         return None
-    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     steps: list[Callable] = [
-        v2.RandomResizedCrop(size, scale=(0.6, 1.0), ratio=(3 / 4, 4 / 3), antialias=True),
+        v2.RandomResizedCrop(image_hw(image_size), scale=(0.6, 1.0), ratio=(3 / 4, 4 / 3), antialias=True),
         v2.RandomHorizontalFlip(),
     ]
     if name == "strong":

@@ -20,27 +20,29 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import PIL
 import torch
 
 from product_cnn.atomic import atomic_path, write_text
-from product_cnn.data.images import PREPROCESS_VERSION, load_image
+from product_cnn.data.images import PREPROCESS_VERSION, ImageSize, image_hw, load_image
 
 log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 24  # checksum in 16 MiB reads
 
 
-def _pair(size: int | Sequence[int]) -> tuple[int, int]:
-    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+def default_cache_dir() -> str:
+    """``$PRODUCT_CNN_CACHE`` when set and not empty, else ``~/.cache/product-cnn``."""
+    return os.environ.get("PRODUCT_CNN_CACHE") or str(Path("~/.cache/product-cnn").expanduser())
 
 
-def fingerprint(paths: Sequence[str], image_size: int | Sequence[int]) -> str:
-    """A short hash of the files (path, size, mtime) and the preprocessing settings."""
+def fingerprint(paths: Sequence[str], settings: Any) -> str:
+    """A short hash of the files (path, size, mtime), the preprocessing and ``settings`` (JSON-able)."""
     digest = hashlib.sha256()
-    digest.update(json.dumps([PREPROCESS_VERSION, PIL.__version__, _pair(image_size)]).encode())
+    digest.update(json.dumps([PREPROCESS_VERSION, PIL.__version__, settings]).encode())
     for path in paths:
         stat = os.stat(path)
         digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
@@ -58,11 +60,11 @@ def _checksum(path: Path) -> str:
 class DecodedImageCache:
     """uint8 image tensors for ``paths`` (in that order), decoded once and stored on disk."""
 
-    def __init__(self, paths: Sequence[str], image_size: int | Sequence[int], cache_dir: str | Path,
+    def __init__(self, paths: Sequence[str], image_size: ImageSize, cache_dir: str | Path,
                  memory_limit: int = 4 << 30, workers: int | None = None) -> None:
         self.paths = list(paths)
-        self.shape = (3, *_pair(image_size))
-        self.key = fingerprint(self.paths, image_size)
+        self.shape = (3, *image_hw(image_size))
+        self.key = fingerprint(self.paths, self.shape[1:])
         self.file = Path(cache_dir).expanduser() / "decoded" / f"{self.key}.u8"
         self.meta_file = self.file.with_suffix(".json")
         self.workers = workers or min(8, os.cpu_count() or 1)

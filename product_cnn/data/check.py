@@ -13,7 +13,7 @@ import hashlib
 import json
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,7 +22,7 @@ import numpy as np
 
 from product_cnn.atomic import write_text
 from product_cnn.data.cache import fingerprint
-from product_cnn.data.folder import FolderTree
+from product_cnn.data.folder import FolderTree, Sample
 from product_cnn.data.images import open_image, pil_to_tensor
 from product_cnn.errors import DataError, ImageLoadError
 
@@ -184,9 +184,10 @@ def check_tree(tree: FolderTree, cache_dir: str | Path | None, skip_bad: bool = 
                 "data.skip_bad_images=true to train without them"
             )
         gone = {i.path for i in bad}
+        labels_before = {label for samples in tree.splits.values() for _, label in samples}
         tree.splits = {s: [x for x in samples if x[0] not in gone] for s, samples in tree.splits.items()}
-        empty = [name for label, name in enumerate(tree.class_names)
-                 if not any(lbl == label for samples in tree.splits.values() for _, lbl in samples)]
+        labels_after = {label for samples in tree.splits.values() for _, label in samples}
+        empty = [tree.class_names[label] for label in sorted(labels_before - labels_after)]
         if empty:
             raise DataError(f"class folder(s) with no readable images: {', '.join(empty)} in {tree.root}")
         log.warning("Left out %d unreadable image(s) (data.skip_bad_images=true)", len(bad))
@@ -202,3 +203,28 @@ def check_tree(tree: FolderTree, cache_dir: str | Path | None, skip_bad: bool = 
             if len(where) > 1:
                 leaks.append(where)
     return TreeCheck(infos, bad, groups, leaks)
+
+
+def check_report(check: TreeCheck, tree: FolderTree, splits: Mapping[str, Sequence[Sample]],
+                 grouped: bool, show_groups: int = 20) -> str:
+    """What ``check_data.py`` prints under the split table: sizes and modes, unreadable files,
+    exact and near-duplicates (with the split each photo went to) and, for pre-split trees,
+    near-duplicates shared between splits."""
+    lines = [size_and_mode_summary(check.infos)]
+    if tree.ignored:
+        lines.append(f"ignored (not images): {len(tree.ignored)}, e.g. {', '.join(tree.ignored[:3])}")
+    lines.append(f"unreadable: {len(check.bad)}")
+    lines += [f"  {i.path}: {i.error}" for i in check.bad]
+    exact = exact_duplicate_groups(check.infos)
+    lines.append(f"exact duplicates: {len(exact)} group(s) of {sum(map(len, exact))} files")
+    photos = sum(map(len, check.groups))
+    lines.append(f"near-duplicates: {len(check.groups)} group(s) of {photos} photos"
+                 + (", each kept within one split" if grouped and not tree.presplit else ""))
+    split_of = {path: split for split, samples in splits.items() for path, _ in samples}
+    for group in check.groups[:show_groups]:
+        lines.append("  " + "  ".join(f"{p} [{split_of.get(p, '-')}]" for p in group))
+    if len(check.groups) > show_groups:
+        lines.append(f"  ... {len(check.groups) - show_groups} more (show_groups=N)")
+    if tree.presplit:
+        lines.append(f"near-duplicates across splits (leakage): {len(check.leaks)} group(s)")
+    return "\n".join(lines)

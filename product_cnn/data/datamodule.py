@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,15 +13,14 @@ import torch.distributed as dist
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
-from product_cnn.config import default_cache_dir
 from product_cnn.data.augment import build_augment
-from product_cnn.data.cache import DecodedImageCache
+from product_cnn.data.cache import DecodedImageCache, default_cache_dir
 from product_cnn.data.check import TreeCheck, check_tree
-from product_cnn.data.demo import ensure_demo_dataset
+from product_cnn.data.demo import default_demo_root, ensure_demo_dataset
 from product_cnn.data.folder import SPLITS, FolderTree, Sample, scan_tree
-from product_cnn.data.images import load_image, to_unit_float
+from product_cnn.data.images import ImageSize, load_image, to_unit_float
 from product_cnn.data.split import stratified_split
-from product_cnn.errors import DataError
+from product_cnn.errors import CheckpointError, DataError
 from product_cnn.reproducible import EpochShuffleSampler, EpochWeightedSampler
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ class ImageListDataset(Dataset):
     With a :class:`DecodedImageCache` the tensors come from it instead of the image files.
     """
 
-    def __init__(self, samples: list[Sample], image_size: int | tuple[int, int] = 256,
+    def __init__(self, samples: list[Sample], image_size: ImageSize = 256,
                  cache: DecodedImageCache | None = None) -> None:
         self.samples = samples
         self.image_size = image_size
@@ -60,15 +60,18 @@ class ProductDataModule(L.LightningDataModule):
 
     Batches leave the loader as uint8; augmentation (training only) and scaling to float in
     [0, 1] happen after they reach the device. With ``demo=True`` the synthetic demo tree is
-    generated at ``root`` if missing.
+    generated at ``root`` if missing (``root=None``: ``<cache_dir>/demo-v4``).
     With ``cache=True`` every photo is decoded once into a :class:`DecodedImageCache` under
-    ``cache_dir`` (default: ``$PRODUCT_CNN_CACHE`` or ``~/.cache/product-cnn``) and read from
+    ``cache_dir`` (None: ``$PRODUCT_CNN_CACHE`` or ``~/.cache/product-cnn``) and read from
     there afterwards.
+    ``classes`` fixes the class list (a checkpoint's): class folders are matched to it by
+    name, a folder may hold a subset, and an unknown folder is refused. ``test_all=True`` makes
+    every photo of an unsplit folder the test split (testing a model on a shop's own photos).
     """
 
     def __init__(
         self,
-        root: str,
+        root: str | None = None,
         demo: bool = False,
         image_size: int = 256,
         batch_size: int = 32,
@@ -88,9 +91,16 @@ class ProductDataModule(L.LightningDataModule):
         group_duplicates: bool = True,
         balance: str = "none",
         augment: str = "none",
+        classes: Sequence[str] | None = None,
+        test_all: bool = False,
     ) -> None:
         super().__init__()
+        if root is None:
+            if not demo:
+                raise DataError("no data folder given: set data.root=/path/to/photos")
+            root = default_demo_root(cache_dir or default_cache_dir())
         root = str(Path(root).expanduser().resolve())
+        classes = list(classes) if classes is not None else None
         if balance not in BALANCES:
             raise DataError(f"data.balance={balance!r} is not one of {', '.join(BALANCES)}")
         # built now so that an unknown name is refused before any data is read
@@ -101,11 +111,38 @@ class ProductDataModule(L.LightningDataModule):
         self.split_samples: dict[str, list[Sample]] = {}
         self.cache: DecodedImageCache | None = None
 
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Mapping[str, Any], overrides: Mapping[str, Any] | None = None,
+                        class_names: Sequence[str] | None = None) -> ProductDataModule:
+        """The data set a checkpoint was trained on, with every non-None ``overrides`` field applied.
+
+        A new ``root`` is a test set of its own: never a place to generate demo data into, and
+        (unless ``overrides`` sets ``test_all=False``) every photo in it is tested.
+        ``class_names`` (the checkpoint's) fix the class list (``classes``, see the class docstring).
+        """
+        saved = checkpoint.get("datamodule_hyper_parameters")
+        overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+        if not saved and "root" not in overrides:
+            raise CheckpointError("the checkpoint does not record its data set: "
+                                  "pass data.root=/path/to/photos")
+        params = dict(saved or {})
+        if "root" in overrides:
+            params.update(demo=False, test_all=True)
+        params.update(overrides)
+        if class_names is not None:
+            params["classes"] = list(class_names)
+        return cls(**params)
+
     @property
     def class_names(self) -> list[str]:
         if self.tree is None:
             raise RuntimeError("call setup() before asking for class names")
         return self.tree.class_names
+
+    @property
+    def cache_dir(self) -> str:
+        """Where the decoded-image cache and the data-check results go."""
+        return self.hparams.cache_dir or default_cache_dir()
 
     def prepare_data(self) -> None:
         if self.hparams.demo:
@@ -119,10 +156,10 @@ class ProductDataModule(L.LightningDataModule):
         hp = self.hparams
         if hp.demo and not Path(hp.root).is_dir():
             self.prepare_data()  # setup() without prepare_data(), e.g. from a notebook
-        tree = scan_tree(hp.root)
+        tree = scan_tree(hp.root, hp.classes)
         groups: list[list[str]] = []
         if hp.check:
-            self.check = check_tree(tree, hp.cache_dir or default_cache_dir(), hp.skip_bad_images)
+            self.check = check_tree(tree, self.cache_dir, hp.skip_bad_images)
             groups = self.check.groups if hp.group_duplicates else []
             self._log_duplicates(tree.presplit)
         if tree.presplit:
@@ -139,6 +176,8 @@ class ProductDataModule(L.LightningDataModule):
                 splits["train"] = carved["train"]
                 splits.update({s: carved[s] for s in missing})
                 log.info("No %s folder in %s: split it from train", "/".join(missing), hp.root)
+        elif hp.test_all:
+            splits = {"train": [], "val": [], "test": sorted(tree.splits["all"])}
         else:
             splits = stratified_split(
                 tree.splits["all"], tree.class_names, hp.root,
@@ -147,7 +186,7 @@ class ProductDataModule(L.LightningDataModule):
         self.tree, self.split_samples = tree, splits
         if hp.cache:
             paths = sorted({path for samples in splits.values() for path, _ in samples})
-            self.cache = DecodedImageCache(paths, hp.image_size, hp.cache_dir or default_cache_dir(),
+            self.cache = DecodedImageCache(paths, hp.image_size, self.cache_dir,
                                            memory_limit=hp.cache_memory_mb * 2**20)
         if tree.ignored:
             log.warning("Ignored %d non-image file(s) in %s, e.g. %s",
@@ -157,9 +196,13 @@ class ProductDataModule(L.LightningDataModule):
     def describe(self) -> str:
         """``Data: <root> (<how it was split>)`` and the per-class, per-split table."""
         hp = self.hparams
-        how = "pre-split" if self.tree is not None and self.tree.presplit else (
-            f"split {1 - hp.val_fraction - hp.test_fraction:.0%}/{hp.val_fraction:.0%}/"
-            f"{hp.test_fraction:.0%}, seed {hp.split_seed}")
+        if self.tree is not None and self.tree.presplit:
+            how = "pre-split"
+        elif hp.test_all:
+            how = "every photo is tested"
+        else:
+            how = (f"split {1 - hp.val_fraction - hp.test_fraction:.0%}/{hp.val_fraction:.0%}/"
+                   f"{hp.test_fraction:.0%}, seed {hp.split_seed}")
         return f"Data: {hp.root} ({how})\n{self.summary()}"
 
     def _log_duplicates(self, presplit: bool) -> None:
@@ -172,6 +215,8 @@ class ProductDataModule(L.LightningDataModule):
             for where in check.leaks[:10]:
                 log.warning("Near-duplicates in several splits (leakage): %s",
                             "; ".join(f"{s}: {', '.join(p)}" for s, p in sorted(where.items())))
+        elif self.hparams.test_all:
+            log.info("Near-duplicates: %d group(s) of %d photos", len(check.groups), photos)
         else:
             kept = "each kept within one split" if self.hparams.group_duplicates else \
                 "NOT kept together (data.group_duplicates=false)"
@@ -259,6 +304,8 @@ class ProductDataModule(L.LightningDataModule):
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         # Runs on the training device: augmentation (training batches only, a new draw per
         # image) and the uint8 -> float conversion happen on the GPU when there is one.
+        if isinstance(batch, torch.Tensor):  # images alone (the model summary's example input)
+            return to_unit_float(batch)
         images, *rest = batch
         if self.trainer is not None and self.trainer.training:
             images = self.augment_batch(images)

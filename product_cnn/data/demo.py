@@ -325,6 +325,11 @@ def generate(root: str | Path, images_per_class: int = 100, seed: int = 0) -> No
             image.save(folder / f"{index:04d}.jpg", quality=int(rng.integers(75, 96)))
 
 
+def default_demo_root(cache_dir: str | Path) -> Path:
+    """Where the demo data set lives inside a cache folder (``<cache_dir>/demo-v4``)."""
+    return Path(cache_dir).expanduser() / f"demo-v{DEMO_VERSION}"
+
+
 def ensure_demo_dataset(root: str | Path, images_per_class: int = 100, seed: int = 0) -> Path:
     """Generate the demo tree at ``root`` unless an identical one is already there.
 

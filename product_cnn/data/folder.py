@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,25 +35,31 @@ class FolderTree:
         return "all" not in self.splits
 
 
+def _visible(name: str) -> bool:
+    """Hidden files and folders and macOS ``__MACOSX`` folders are not photos of anything."""
+    return not name.startswith(".") and name not in _IGNORED_DIRS
+
+
 def _subdirs(directory: Path) -> list[Path]:
-    return sorted(
-        p for p in directory.iterdir()
-        if p.is_dir() and not p.name.startswith(".") and p.name not in _IGNORED_DIRS
-    )
+    return sorted(p for p in directory.iterdir() if p.is_dir() and _visible(p.name))
+
+
+def find_images(directory: str | Path) -> tuple[list[str], list[str]]:
+    """Image files under ``directory`` (recursively, sorted) and the other visible files, skipped."""
+    found, other = [], []
+    for dirpath, dirnames, filenames in os.walk(directory, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if _visible(d))
+        for name in sorted(filenames):
+            if _visible(name):
+                (found if is_image_file(name) else other).append(os.path.join(dirpath, name))
+    return sorted(found), other
 
 
 def _images_in(class_dir: Path, ignored: list[str]) -> list[str]:
-    """All image files under ``class_dir`` (recursively), sorted; other files go to ``ignored``."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in _IGNORED_DIRS)
-        for name in filenames:
-            path = os.path.join(dirpath, name)
-            if is_image_file(name):
-                found.append(path)
-            elif not name.startswith("."):
-                ignored.append(path)
-    return sorted(found)
+    """All image files under ``class_dir``; other files go to ``ignored``."""
+    found, other = find_images(class_dir)
+    ignored += other
+    return found
 
 
 def _check_root(root: Path) -> None:
@@ -98,34 +105,51 @@ def _find_split_dirs(root: Path) -> dict[str, Path]:
     return found
 
 
-def scan_tree(root: str | Path) -> FolderTree:
-    """Scan ``root`` in either layout; raise :class:`DataError` naming what is wrong."""
+def scan_tree(root: str | Path, class_names: Sequence[str] | None = None) -> FolderTree:
+    """Scan ``root`` in either layout; raise :class:`DataError` naming what is wrong.
+
+    Class names are the sorted class folders, or ``class_names`` when given (a trained model's):
+    then folders are matched to it by name, any subset is fine and an unknown folder is refused.
+    """
     root = Path(root).expanduser().resolve()
     _check_root(root)
     ignored: list[str] = []
     split_dirs = _find_split_dirs(root)
     if "train" not in split_dirs:
         images = _scan_classes(root, ignored)
-        class_names = sorted(images)
-        _check_two_classes(class_names, root)
-        samples = [(p, i) for i, name in enumerate(class_names) for p in images[name]]
-        return FolderTree(str(root), class_names, {"all": samples}, ignored)
+        names = _class_list(images, class_names, root)
+        samples = [(p, names.index(name)) for name in sorted(images) for p in images[name]]
+        return FolderTree(str(root), names, {"all": samples}, ignored)
 
     per_split = {split: _scan_classes(path, ignored) for split, path in split_dirs.items()}
-    class_names = sorted(per_split["train"])
-    _check_two_classes(class_names, split_dirs["train"])
+    names = _class_list(per_split["train"], class_names, split_dirs["train"])
     for split, images in per_split.items():
-        unknown = sorted(set(images) - set(class_names))
+        unknown = sorted(set(images) - set(names))
         if unknown:
             raise DataError(
                 f"{split_dirs[split]} has class folder(s) {unknown} that {split_dirs['train']} "
                 "does not have: every class must have training images"
             )
     splits = {
-        split: [(p, class_names.index(name)) for name in sorted(images) for p in images[name]]
+        split: [(p, names.index(name)) for name in sorted(images) for p in images[name]]
         for split, images in per_split.items()
     }
-    return FolderTree(str(root), class_names, splits, ignored)
+    return FolderTree(str(root), names, splits, ignored)
+
+
+def _class_list(images: dict[str, list[str]], known: Sequence[str] | None, where: Path) -> list[str]:
+    """The class folders found, sorted; or ``known`` when given, which must include every folder."""
+    if known is None:
+        names = sorted(images)
+        _check_two_classes(names, where)
+        return names
+    unknown = sorted(set(images) - set(known))
+    if unknown:
+        raise DataError(
+            f"class folder(s) {', '.join(unknown)} in {where} are not among the model's classes "
+            f"({', '.join(known)}): rename or remove them"
+        )
+    return list(known)
 
 
 def _check_two_classes(class_names: list[str], where: Path) -> None:

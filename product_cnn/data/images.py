@@ -22,6 +22,16 @@ from product_cnn.errors import ImageLoadError
 PREPROCESS_VERSION = 1
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
+ImageSize = int | tuple[int, int] | list[int]  # one side, or (height, width)
+
+
+def image_hw(size: ImageSize) -> tuple[int, int]:
+    """``(height, width)`` of an image size given as one side or as (height, width)."""
+    if isinstance(size, int):
+        return size, size
+    height, width = size
+    return int(height), int(width)
+
 
 def is_image_file(path: str | Path) -> bool:
     """True for a visible file with one of :data:`IMG_EXTENSIONS` (any case)."""
@@ -48,9 +58,9 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def pil_to_tensor(image: Image.Image, size: int | tuple[int, int]) -> torch.Tensor:
+def pil_to_tensor(image: Image.Image, size: ImageSize) -> torch.Tensor:
     """RGB-convert and resize a PIL image to a ``(3, H, W)`` uint8 tensor."""
-    height, width = (size, size) if isinstance(size, int) else size
+    height, width = image_hw(size)
     image = to_rgb(image).resize((width, height), Image.Resampling.BILINEAR)
     array = np.asarray(image, dtype=np.uint8)
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
@@ -83,7 +93,7 @@ def open_image(path: str | Path) -> Iterator[Image.Image]:
         raise ImageLoadError(str(path), f"corrupt or truncated ({err})") from None
 
 
-def load_image(path: str | Path, size: int | tuple[int, int] = 256) -> torch.Tensor:
+def load_image(path: str | Path, size: ImageSize = 256) -> torch.Tensor:
     """Decode ``path`` into a ``(3, H, W)`` uint8 tensor, or raise :class:`ImageLoadError`."""
     with open_image(path) as image:
         return pil_to_tensor(image, size)

@@ -12,9 +12,8 @@ import os
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 
+from product_cnn.data.folder import Sample
 from product_cnn.errors import DataError
-
-Sample = tuple[str, int]
 
 
 def _order_key(seed: int, relpath: str) -> str:
