@@ -20,7 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from product_cnn.bn_stats import batchnorm_layers
+from product_cnn.data.cache import default_cache_dir
 from product_cnn.data.datamodule import ProductDataModule
+from product_cnn.data.demo import default_demo_root
 from product_cnn.model import KERAS_BN_MOMENTUM, KerasCNN
 from product_cnn.runtime import tune_malloc
 
@@ -76,7 +78,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--root", type=Path, default=Path("~/.cache/product-cnn/demo-v4").expanduser())
+    parser.add_argument("--root", type=Path, default=default_demo_root(default_cache_dir()))
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)

@@ -41,9 +41,10 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def median_spread(values: list[float]) -> str:
-    """``median (min-max)`` of a list of rates."""
-    return f"{statistics.median(values):7.1f} ({min(values):.1f}-{max(values):.1f})"
+def median_spread(values: list[float], digits: int = 1, width: int = 7, unit: str = "") -> str:
+    """``median (min-max)`` of a list of measurements, e.g. ``   18.5 (16.2-19.0)``."""
+    return (f"{statistics.median(values):{width}.{digits}f}{unit} "
+            f"({min(values):.{digits}f}-{max(values):.{digits}f})")
 
 
 def matmul_gflops(device: torch.device, dtype: torch.dtype, seconds: float = 1.0,

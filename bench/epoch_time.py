@@ -97,10 +97,6 @@ def pure_compute(root: Path, workdir: Path, channels_last: bool, repeats: int) -
     return [epoch() for _ in range(repeats)]
 
 
-def describe(seconds: list[float]) -> str:
-    return f"{statistics.median(seconds):6.2f} s ({min(seconds):.2f}-{max(seconds):.2f})"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -113,7 +109,10 @@ def main() -> None:
     if not args.root.is_dir():
         raise SystemExit(f"error: no photos at {args.root} (pass --root)")
     sys.path.insert(0, str(BENCH))
-    from common import machine
+    from common import machine, median_spread
+
+    def seconds(values: list[float]) -> str:
+        return median_spread(values, digits=2, width=6, unit=" s")
 
     print(f"# {machine()}; experiment=original on {args.root}, {args.epochs} epochs", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -127,12 +126,12 @@ def main() -> None:
             r = results[cache]
             rest = [e - t for e, t in zip(r["epochs"], r["train_epochs"], strict=False)][1:]
             print(f"cache {'on ' if cache else 'off'}: epoch 1 {r['epochs'][0]:6.2f} s, epochs 2..N "
-                  f"{describe(r['epochs'][1:])} (training steps {describe(r['train_epochs'][1:])}, "
-                  f"validation + epoch end {describe(rest)}), whole command {r['wall']:6.1f} s, "
+                  f"{seconds(r['epochs'][1:])} (training steps {seconds(r['train_epochs'][1:])}, "
+                  f"validation + epoch end {seconds(rest)}), whole command {r['wall']:6.1f} s, "
                   f"peak RSS {r['peak_rss_mib']:.0f} MiB", flush=True)
         channels_last = not any(o == "model.channels_last=false" for o in args.overrides)
         compute = pure_compute(args.root, workdir, channels_last, args.compute_repeats)
-        print(f"pure compute of one epoch (plain loop, tensors in memory): {describe(compute)}")
+        print(f"pure compute of one epoch (plain loop, tensors in memory): {seconds(compute)}")
         for cache, r in results.items():
             ratio = statistics.median(r["epochs"][1:]) / statistics.median(compute)
             print(f"{'cached' if cache else 'uncached'} epoch / pure compute: {ratio:.2f}")

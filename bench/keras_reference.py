@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import time
+
+from common import median_spread
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -43,10 +44,6 @@ def build(tf, num_classes: int = 5):
     model.compile(optimizer=tf.keras.optimizers.Adam(1e-3), loss="categorical_crossentropy",
                   metrics=["accuracy"])
     return model
-
-
-def spread(values: list[float]) -> str:
-    return f"{statistics.median(values):7.1f} ({min(values):.1f}-{max(values):.1f})"
 
 
 def main() -> None:
@@ -86,7 +83,8 @@ def main() -> None:
         for _ in range(args.steps):
             infer_fn(xt).numpy()
         infer.append(args.batch_size * args.steps / (time.perf_counter() - start))
-    print(f"{'Keras (TensorFlow) fp32':34} train {spread(train)} img/s   infer {spread(infer)} img/s")
+    print(f"{'Keras (TensorFlow) fp32':34} train {median_spread(train)} img/s   "
+          f"infer {median_spread(infer)} img/s")
 
 
 if __name__ == "__main__":

@@ -2,12 +2,12 @@
 
 Keras' BatchNorm momentum (0.99) averages its running statistics over about 100 steps. With a
 few hundred photos that is about ten epochs, and Adam keeps moving the weights (the 59,536-input
-dense layer above all), so the statistics used at evaluation lag far behind the network: on the
-demo data the faithful setup trains to ~100% while validation stays at chance for most of the
-run. Re-estimating the statistics from the latest weights ("precise BN") fixes that. This
-callback does it for free: at the start of every training epoch it resets each BatchNorm's
-running statistics and switches it to a cumulative average, so at the end of the epoch they are
-the plain mean over that epoch's batches. Training itself (batch statistics) is unchanged.
+dense layer above all), so the statistics used at evaluation lag far behind the network and
+validation accuracy trails training by many epochs (docs/batchnorm.md). Re-estimating the
+statistics from the latest weights ("precise BN") fixes that. This callback does it for free:
+at the start of every training epoch it resets each BatchNorm's running statistics and
+switches it to a cumulative average, so at the end of the epoch they are the plain mean over
+that epoch's batches. Training itself (batch statistics) is unchanged.
 """
 
 from __future__ import annotations

@@ -28,10 +28,11 @@ def _tensorboard(trainer: L.Trainer) -> TensorBoardLogger | None:
 class ValConfusionMatrixFigure(Callback):
     """Log the validation confusion matrix to TensorBoard (Images tab) after validation epochs.
 
-    Drawing the figure takes ~0.4 s of CPU. That is 2% of a CPU epoch but several times a GPU
-    epoch on a few hundred photos, so the figure is drawn only while drawing has taken at most
-    ``max_time_share`` of the training time so far (every epoch on a CPU, every few on a fast
-    GPU), and always for the last epoch. ``max_time_share=1`` draws every epoch.
+    Drawing costs a fixed fraction of a second: little next to a CPU epoch, more than a whole
+    GPU epoch on a few hundred photos (docs/performance.md). So the figure is drawn only while
+    drawing has taken at most ``max_time_share`` of the training time so far (every epoch on a
+    CPU, every few on a fast GPU), and always for the last epoch. ``max_time_share=1`` draws
+    every epoch.
     """
 
     def __init__(self, max_time_share: float = 0.05) -> None:

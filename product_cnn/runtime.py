@@ -1,10 +1,9 @@
-"""Process-level settings that make CPU training fast: glibc malloc tuning.
+"""Process-level settings: glibc malloc tuning for fast CPU training, and a quieter Lightning.
 
 PyTorch's large activation buffers are allocated with ``mmap`` and handed back to the OS after
 every op by default glibc malloc, so CPU training spends most of its time in page faults.
-Keeping freed memory in the heap instead made the same training loop about 2.5x faster on a
-2-core machine (see ``bench/``). This is the in-code equivalent of
-``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=... MALLOC_TOP_PAD_=...``.
+Keeping freed memory in the heap instead is much faster (docs/performance.md has the numbers).
+This is the in-code equivalent of ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=... MALLOC_TOP_PAD_=...``.
 """
 
 from __future__ import annotations
@@ -14,6 +13,7 @@ import ctypes.util
 import logging
 import os
 import sys
+import warnings
 
 log = logging.getLogger(__name__)
 
@@ -59,3 +59,13 @@ def tune_malloc() -> bool:
     _applied = ok
     log.debug("glibc malloc tuned for PyTorch CPU training: %s", ok)
     return ok
+
+
+def quiet_lightning() -> None:
+    """Drop messages that tell a user nothing about their run."""
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    # eval.py restores weights only; the training callbacks it names are not needed for that
+    warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`, callbacks")
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+        lambda record: not str(record.msg).startswith("💡 Tip")
+    )

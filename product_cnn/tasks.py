@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import signal
 import sys
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,25 +21,15 @@ from product_cnn.data.datamodule import ProductDataModule
 from product_cnn.errors import ProductCNNError
 from product_cnn.module import ProductClassifier
 from product_cnn.resume import check_same_classes, resolve_resume
-from product_cnn.runtime import tune_malloc
+from product_cnn.runtime import quiet_lightning, tune_malloc
 from product_cnn.trainer import build_trainer, check_accelerator
 
 log = logging.getLogger(__name__)
 
 
-def _quiet_lightning() -> None:
-    """Drop messages that tell a user nothing about their run."""
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
-    # eval.py restores weights only; the training callbacks it names are not needed for that
-    warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`, callbacks")
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
-        lambda record: not str(record.msg).startswith("💡 Tip")
-    )
-
-
 def run(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     """Run ``task``; a user-facing error becomes one line on stderr and exit status 2."""
-    _quiet_lightning()
+    quiet_lightning()
     if rank_zero_only.rank > 0:
         logging.getLogger("product_cnn").setLevel(logging.WARNING)  # rank 0 tells the story
     try:

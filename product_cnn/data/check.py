@@ -50,9 +50,7 @@ class ImageInfo:
 def difference_hash(image) -> str:
     """256-bit dHash (hex): brighter-than-right-neighbour bits of the upright 16x17 thumbnail.
 
-    On slash5 and the demo data, 16 differing bits separate re-shot or re-encoded copies of a
-    photo from different products with no cross-category pair; the 64-bit (8x9) variant
-    grouped unrelated plain-background pictures.
+    Why 256 bits and a threshold of 16: docs/data.md.
     """
     small = pil_to_tensor(image, (HASH_SIDE, HASH_SIDE + 1)).float().mean(0)
     bits = (small[:, 1:] > small[:, :-1]).flatten().numpy()
