@@ -15,7 +15,13 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from matplotlib.figure import Figure
 
-from product_cnn.reports import build_report, confusion_matrix_figure, write_report
+from product_cnn.reports import (
+    PREDICTIONS_FILE,
+    build_report,
+    confusion_matrix_figure,
+    write_report,
+    write_test_predictions,
+)
 from product_cnn.run_record import record_of
 
 log = logging.getLogger(__name__)
@@ -113,8 +119,9 @@ class TestPredictionGrid(Callback):
 
 
 class ReportWriter(Callback):
-    """After testing, write metrics.json, classification_report.txt, confusion_matrix.png and
-    curves.png into ``dirpath``, and the hyperparameters with the final metrics to TensorBoard."""
+    """After testing, write metrics.json, classification_report.txt, confusion_matrix.png,
+    curves.png and test_predictions.csv (one row per test photo) into ``dirpath``, and the
+    hyperparameters with the final metrics to TensorBoard."""
 
     def __init__(self, dirpath: str) -> None:
         self.dirpath = dirpath
@@ -131,6 +138,11 @@ class ReportWriter(Callback):
             context["split_sizes"] = {split: sum(c) for split, c in datamodule.counts().items()}
         report = build_report(record.test_report, record.class_names, **context)
         paths = write_report(self.dirpath, report, record.history)
+        if record.test_predictions is not None and hasattr(datamodule, "split_samples"):
+            indices, probs = record.test_predictions
+            paths.append(write_test_predictions(
+                Path(self.dirpath, PREDICTIONS_FILE), datamodule.split_samples["test"],
+                datamodule.hparams.root, record.class_names, indices.tolist(), probs.numpy()))
         log.info("Report: %s", ", ".join(str(p) for p in paths))
         log.info("Classification report (test split, %d images):\n%s", report["num_samples"],
                  Path(self.dirpath, "classification_report.txt").read_text().rstrip())

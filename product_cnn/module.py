@@ -107,6 +107,7 @@ class ProductClassifier(L.LightningModule):
         # queue of a GPU that is faster than Python); batching the updates leaves one per flush.
         self._pending: dict[str, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {
             stage: [] for stage in STAGES}
+        self._test_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []  # (indices, probabilities)
 
     @classmethod
     def from_checkpoint_dict(cls, checkpoint: Mapping[str, Any], load_weights: bool = True,
@@ -186,7 +187,10 @@ class ProductClassifier(L.LightningModule):
 
     def test_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
         _, logits = self._step(batch, "test")
-        return {"probs": torch.softmax(logits.float(), dim=1)}
+        probs = torch.softmax(logits.float(), dim=1)
+        if len(batch) > 2:  # (images, labels, indices): keep each photo's probabilities
+            self._test_outputs.append((batch[2], probs))
+        return {"probs": probs}
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
         """Class probabilities (softmax) for a batch."""
@@ -209,10 +213,33 @@ class ProductClassifier(L.LightningModule):
         self.record.val_confusion = self.val_confmat.compute().cpu()
         self.val_confmat.reset()
 
+    def on_test_epoch_start(self) -> None:
+        self._test_outputs = []
+
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test")  # flushes the pending test steps into the report metrics too
         self.record.test_report = {k: v.cpu() for k, v in self.test_report_metrics.compute().items()}
         self.test_report_metrics.reset()
+        self.record.test_predictions = self._gather_test_outputs()
+        self._test_outputs = []
+
+    def _gather_test_outputs(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(indices, probabilities) of every test photo, from every process, sorted by index."""
+        if not self._test_outputs:
+            return None
+        indices = torch.cat([i for i, _ in self._test_outputs]).long()
+        probs = torch.cat([p for _, p in self._test_outputs])
+        if self.trainer.world_size > 1:  # processes hold different counts: pad, gather, drop padding
+            size = torch.tensor([len(indices)], device=indices.device)
+            longest = int(self.all_gather(size).max())
+            pad = longest - len(indices)
+            indices = torch.cat([indices, indices.new_full((pad,), -1)])
+            probs = torch.cat([probs, probs.new_zeros((pad, probs.shape[1]))])
+            indices, probs = self.all_gather(indices).flatten(), self.all_gather(probs).flatten(0, 1)
+            keep = indices >= 0
+            indices, probs = indices[keep], probs[keep]
+        order = indices.argsort()
+        return indices[order].cpu(), probs[order].cpu()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["metric_history"] = [dict(h) for h in self.record.history]

@@ -7,7 +7,10 @@ leaves either the previous file or the new one, never half of one.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -149,3 +152,25 @@ def write_report(
         writers[name](out_dir / name)
         paths.append(out_dir / name)
     return paths
+
+
+PREDICTIONS_FILE = "test_predictions.csv"
+
+
+def prediction_columns(class_names: Sequence[str]) -> list[str]:
+    """The per-class probability columns of the prediction files: ``prob_<class>``."""
+    return [f"prob_{name}" for name in class_names]
+
+
+def write_test_predictions(path: str | Path, samples: Sequence[tuple[str, int]], root: str,
+                           class_names: Sequence[str], indices: Sequence[int], probs: np.ndarray) -> Path:
+    """One row per test photo: path (relative to ``root``), label, predicted, the probabilities."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["path", "label", "predicted", *prediction_columns(class_names)])
+    for index, row in zip(indices, np.asarray(probs), strict=True):
+        file, label = samples[int(index)]
+        writer.writerow([os.path.relpath(file, root).replace(os.sep, "/"), class_names[label],
+                         class_names[int(row.argmax())], *(f"{p:.6f}" for p in row)])
+    write_text(path, buffer.getvalue())
+    return Path(path)

@@ -14,12 +14,15 @@ import torch
 
 @dataclass
 class RunRecord:
-    """Per-epoch history, the latest validation confusion matrix and the latest test report."""
+    """Per-epoch history, the latest validation confusion matrix, the latest test report and
+    test predictions."""
 
     class_names: list[str]
     history: list[dict[str, float]] = field(default_factory=list)  # per epoch: epoch, train/*, val/*
     val_confusion: torch.Tensor | None = None  # rows: true class, columns: predicted
     test_report: dict[str, torch.Tensor] | None = None  # module.report_metrics(...).compute()
+    # per test photo: its index in the test split and the class probabilities, sorted by index
+    test_predictions: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 def record_of(pl_module: Any) -> RunRecord:

@@ -1,4 +1,5 @@
-"""What the entry points run: train, evaluate, check_data, predict, export, plus one-line errors."""
+"""What the entry points run: train, evaluate, check_data, predict, export, find_label_issues;
+one-line errors."""
 
 from __future__ import annotations
 
@@ -10,13 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
+from product_cnn.atomic import write_text
 from product_cnn.checkpoint import read_checkpoint
+from product_cnn.cv import ERROR_FILE, sweep_of, write_cv_summary
 from product_cnn.data.datamodule import ProductDataModule
 from product_cnn.errors import ProductCNNError
 from product_cnn.module import ProductClassifier
@@ -28,7 +33,12 @@ log = logging.getLogger(__name__)
 
 
 def run(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
-    """Run ``task``; a user-facing error becomes one line on stderr and exit status 2."""
+    """Run ``task``; a user-facing error becomes one line on stderr and exit status 2.
+
+    Inside a multirun a failed job does not stop the sweep: its error is logged and left in
+    the job folder's ``error.txt`` (named at the end of the sweep, see sweep.py), and the
+    result is None.
+    """
     quiet_lightning()
     if rank_zero_only.rank > 0:
         logging.getLogger("product_cnn").setLevel(logging.WARNING)  # rank 0 tells the story
@@ -39,8 +49,23 @@ def run(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     except (ProductCNNError, MissingMandatoryValue) as err:
         message = one_line(err)
         log.error(message)
+        if _in_multirun():
+            return _job_failed(message)
         print(f"error: {message}", file=sys.stderr)
         raise SystemExit(2) from None
+    except Exception as err:
+        if not _in_multirun():
+            raise
+        log.exception("The job failed")
+        return _job_failed(f"{type(err).__name__}: {one_line(err)}")
+
+
+def _in_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _job_failed(message: str) -> None:
+    write_text(Path(HydraConfig.get().runtime.output_dir, ERROR_FILE), message + "\n")
 
 
 def one_line(err: BaseException) -> str:
@@ -95,6 +120,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         log.info("Test: %s", _format_metrics({k: v for k, v in metrics.items() if k.startswith("test/")}))
     out = cfg.paths.output_dir
     log.info("Outputs in %s  (TensorBoard: tensorboard --logdir %s)", out, out)
+    if resumed is not None and cfg.data.get("folds") and not _in_multirun() and sweep_of(out):
+        write_cv_summary(sweep_of(out))  # a resumed fold: its sweep's summary counts it now
     return metrics
 
 
@@ -167,3 +194,12 @@ def export(cfg: DictConfig) -> str:
     from product_cnn.export import export as export_checkpoint
 
     return str(export_checkpoint(cfg.ckpt_path, cfg.format, cfg.get("output")))
+
+
+def find_label_issues(cfg: DictConfig) -> str:
+    """Rank the photos of a k-fold sweep whose label is most likely wrong; return the HTML sheet's path."""
+    from product_cnn.label_issues import write_label_issues
+
+    _, html_path, _ = write_label_issues(cfg.cv_dir, cfg.get("data_root"), cfg.get("output_dir"),
+                                         cfg.filter_by, cfg.thumbnail, cfg.paths.cache_dir)
+    return str(html_path)

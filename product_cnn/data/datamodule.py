@@ -18,7 +18,9 @@ from product_cnn.data.cache import DecodedImageCache, default_cache_dir
 from product_cnn.data.check import TreeCheck, check_tree
 from product_cnn.data.demo import default_demo_root, ensure_demo_dataset
 from product_cnn.data.folder import SPLITS, FolderTree, Sample, scan_tree
+from product_cnn.data.folds import check_fold, kfold_split
 from product_cnn.data.images import ImageSize, load_image, to_unit_float
+from product_cnn.data.relabel import Relabel, apply_relabel, read_relabel
 from product_cnn.data.split import stratified_split
 from product_cnn.errors import CheckpointError, DataError
 from product_cnn.reproducible import EpochShuffleSampler, EpochWeightedSampler
@@ -32,13 +34,16 @@ class ImageListDataset(Dataset):
     """``(uint8 image tensor (3, H, W), label)`` for a list of ``(path, label)`` samples.
 
     With a :class:`DecodedImageCache` the tensors come from it instead of the image files.
+    ``with_index=True`` adds the sample's index: ``(image, label, index)``, so that per-photo
+    results can be traced back to their file.
     """
 
     def __init__(self, samples: list[Sample], image_size: ImageSize = 256,
-                 cache: DecodedImageCache | None = None) -> None:
+                 cache: DecodedImageCache | None = None, with_index: bool = False) -> None:
         self.samples = samples
         self.image_size = image_size
         self.cache = cache
+        self.with_index = with_index
         if cache is not None:
             position = {path: i for i, path in enumerate(cache.paths)}
             self.cache_index = [position[path] for path, _ in samples]
@@ -46,13 +51,13 @@ class ImageListDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | tuple[torch.Tensor, int, int]:
         path, label = self.samples[index]
         if self.cache is not None:
             image = self.cache[self.cache_index[index]]
         else:
             image = load_image(path, self.image_size)
-        return image, label
+        return (image, label, index) if self.with_index else (image, label)
 
 
 class ProductDataModule(L.LightningDataModule):
@@ -67,6 +72,9 @@ class ProductDataModule(L.LightningDataModule):
     ``classes`` fixes the class list (a checkpoint's): class folders are matched to it by
     name, a folder may hold a subset, and an unknown folder is refused. ``test_all=True`` makes
     every photo of an unsplit folder the test split (testing a model on a shop's own photos).
+    ``folds=K`` with ``fold=k`` makes fold k of a k-fold split the test split (see
+    :mod:`product_cnn.data.folds`). ``relabel`` is a CSV of label corrections applied when the
+    folder is scanned (see :mod:`product_cnn.data.relabel`).
     """
 
     def __init__(
@@ -93,6 +101,9 @@ class ProductDataModule(L.LightningDataModule):
         augment: str = "none",
         classes: Sequence[str] | None = None,
         test_all: bool = False,
+        folds: int | None = None,
+        fold: int = 0,
+        relabel: str | None = None,
     ) -> None:
         super().__init__()
         if root is None:
@@ -103,6 +114,11 @@ class ProductDataModule(L.LightningDataModule):
         classes = list(classes) if classes is not None else None
         if balance not in BALANCES:
             raise DataError(f"data.balance={balance!r} is not one of {', '.join(BALANCES)}")
+        if folds is not None:
+            check_fold(folds, fold)
+            if test_all:
+                raise DataError("data.folds and data.test_all exclude each other: a fold is the test split")
+        relabel = str(Path(relabel).expanduser().resolve()) if relabel else None
         # built now so that an unknown name is refused before any data is read
         self.augment = build_augment(augment, image_size)
         self.save_hyperparameters()
@@ -110,6 +126,7 @@ class ProductDataModule(L.LightningDataModule):
         self.tree: FolderTree | None = None
         self.split_samples: dict[str, list[Sample]] = {}
         self.cache: DecodedImageCache | None = None
+        self.relabel: Relabel | None = None
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Mapping[str, Any], overrides: Mapping[str, Any] | None = None,
@@ -126,8 +143,8 @@ class ProductDataModule(L.LightningDataModule):
             raise CheckpointError("the checkpoint does not record its data set: "
                                   "pass data.root=/path/to/photos")
         params = dict(saved or {})
-        if "root" in overrides:
-            params.update(demo=False, test_all=True)
+        if "root" in overrides:  # another folder: no demo, no folds, no corrections of the old one
+            params.update(demo=False, test_all=True, folds=None, relabel=None)
         params.update(overrides)
         if class_names is not None:
             params["classes"] = list(class_names)
@@ -157,11 +174,30 @@ class ProductDataModule(L.LightningDataModule):
         if hp.demo and not Path(hp.root).is_dir():
             self.prepare_data()  # setup() without prepare_data(), e.g. from a notebook
         tree = scan_tree(hp.root, hp.classes)
+        if hp.folds is not None and tree.presplit:
+            raise DataError(f"data.folds needs one folder per class: {hp.root} is already split into "
+                            "train/val/test (cross-validate the unsplit photos instead)")
+        if hp.relabel:
+            self.relabel = read_relabel(hp.relabel, hp.root, tree.class_names)
+            apply_relabel(tree, self.relabel)
         groups: list[list[str]] = []
         if hp.check:
             self.check = check_tree(tree, self.cache_dir, hp.skip_bad_images)
             groups = self.check.groups if hp.group_duplicates else []
             self._log_duplicates(tree.presplit)
+        self.tree, self.split_samples = tree, self._split(tree, groups)
+        splits = self.split_samples
+        if hp.cache:
+            paths = sorted({path for samples in splits.values() for path, _ in samples})
+            self.cache = DecodedImageCache(paths, hp.image_size, self.cache_dir,
+                                           memory_limit=hp.cache_memory_mb * 2**20)
+        if tree.ignored:
+            log.warning("Ignored %d non-image file(s) in %s, e.g. %s",
+                        len(tree.ignored), hp.root, tree.ignored[0])
+        log.info("%s", self.describe())
+
+    def _split(self, tree: FolderTree, groups: list[list[str]]) -> dict[str, list[Sample]]:
+        hp = self.hparams
         if tree.presplit:
             splits = dict(tree.splits)
             missing = [s for s in ("val", "test") if s not in splits]
@@ -176,22 +212,14 @@ class ProductDataModule(L.LightningDataModule):
                 splits["train"] = carved["train"]
                 splits.update({s: carved[s] for s in missing})
                 log.info("No %s folder in %s: split it from train", "/".join(missing), hp.root)
-        elif hp.test_all:
-            splits = {"train": [], "val": [], "test": sorted(tree.splits["all"])}
-        else:
-            splits = stratified_split(
-                tree.splits["all"], tree.class_names, hp.root,
-                hp.val_fraction, hp.test_fraction, hp.split_seed, groups,
-            )
-        self.tree, self.split_samples = tree, splits
-        if hp.cache:
-            paths = sorted({path for samples in splits.values() for path, _ in samples})
-            self.cache = DecodedImageCache(paths, hp.image_size, self.cache_dir,
-                                           memory_limit=hp.cache_memory_mb * 2**20)
-        if tree.ignored:
-            log.warning("Ignored %d non-image file(s) in %s, e.g. %s",
-                        len(tree.ignored), hp.root, tree.ignored[0])
-        log.info("%s", self.describe())
+            return splits
+        if hp.test_all:
+            return {"train": [], "val": [], "test": sorted(tree.splits["all"])}
+        if hp.folds is not None:
+            return kfold_split(tree.splits["all"], tree.class_names, hp.root, hp.folds, hp.fold,
+                               hp.val_fraction, hp.split_seed, groups)
+        return stratified_split(tree.splits["all"], tree.class_names, hp.root,
+                                hp.val_fraction, hp.test_fraction, hp.split_seed, groups)
 
     def describe(self) -> str:
         """``Data: <root> (<how it was split>)`` and the per-class, per-split table."""
@@ -200,10 +228,14 @@ class ProductDataModule(L.LightningDataModule):
             how = "pre-split"
         elif hp.test_all:
             how = "every photo is tested"
+        elif hp.folds is not None:
+            how = (f"fold {hp.fold} of {hp.folds} folds (0..{hp.folds - 1}) is the test split, "
+                   f"{hp.val_fraction:.0%} of the rest validates, seed {hp.split_seed}")
         else:
             how = (f"split {1 - hp.val_fraction - hp.test_fraction:.0%}/{hp.val_fraction:.0%}/"
                    f"{hp.test_fraction:.0%}, seed {hp.split_seed}")
-        return f"Data: {hp.root} ({how})\n{self.summary()}"
+        relabel = f"\n  {self.relabel.summary()}" if self.relabel is not None else ""
+        return f"Data: {hp.root} ({how}){relabel}\n{self.summary()}"
 
     def _log_duplicates(self, presplit: bool) -> None:
         check = self.check
@@ -215,7 +247,7 @@ class ProductDataModule(L.LightningDataModule):
             for where in check.leaks[:10]:
                 log.warning("Near-duplicates in several splits (leakage): %s",
                             "; ".join(f"{s}: {', '.join(p)}" for s, p in sorted(where.items())))
-        elif self.hparams.test_all:
+        elif self.hparams.test_all:  # one split: nothing to keep apart
             log.info("Near-duplicates: %d group(s) of %d photos", len(check.groups), photos)
         else:
             kept = "each kept within one split" if self.hparams.group_duplicates else \
@@ -254,7 +286,8 @@ class ProductDataModule(L.LightningDataModule):
         """The dataset for ``split`` (one of train, val, test)."""
         if split not in self.split_samples:
             raise DataError(f"no {split} split in {self.hparams.root}")
-        return ImageListDataset(self.split_samples[split], self.hparams.image_size, self.cache)
+        return ImageListDataset(self.split_samples[split], self.hparams.image_size, self.cache,
+                                with_index=split == "test")
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         dataset = self.dataset(split)
@@ -300,6 +333,14 @@ class ProductDataModule(L.LightningDataModule):
         if self.augment is None:
             return images
         return torch.stack([self.augment(image) for image in images])
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved with every checkpoint: the label corrections this run applied, if any."""
+        if self.relabel is None:
+            return {}
+        r = self.relabel
+        return {"relabel": {"file": r.file, "relabelled": r.relabelled, "excluded": r.excluded,
+                            "labels": dict(r.labels)}}
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         # Runs on the training device: augmentation (training batches only, a new draw per

@@ -16,11 +16,11 @@ from product_cnn.data.folder import Sample
 from product_cnn.errors import DataError
 
 
-def _order_key(seed: int, relpath: str) -> str:
+def order_key(seed: int, relpath: str) -> str:
     return hashlib.sha256(f"{seed}:{relpath}".encode()).hexdigest()
 
 
-def _relkey(path: str, root: str) -> str:
+def relkey(path: str, root: str) -> str:
     return os.path.relpath(path, root).replace(os.sep, "/")
 
 
@@ -68,10 +68,7 @@ def stratified_split(
             f"class(es) {', '.join(too_small)} have too few images for a stratified "
             f"train/val/test split: each needs at least {needed}"
         )
-    units = _units(samples, groups)
-    units_by_class: dict[int, list[list[Sample]]] = defaultdict(list)
-    for unit in units:
-        units_by_class[Counter(label for _, label in unit).most_common(1)[0][0]].append(unit)
+    units_by_class = class_units(samples, groups)
     too_few_units = [f"{class_names[label]} ({len(units_by_class[label])})" for label in sorted(by_class)
                      if len(units_by_class[label]) < needed]
     if too_few_units:
@@ -81,7 +78,7 @@ def stratified_split(
         )
     out: dict[str, list[Sample]] = {"train": [], "val": [], "test": []}
     for label in sorted(units_by_class):
-        ordered = sorted(units_by_class[label], key=lambda u: _order_key(seed, _relkey(u[0][0], root)))
+        ordered = sorted(units_by_class[label], key=lambda u: order_key(seed, relkey(u[0][0], root)))
         total = sum(len(u) for u in ordered)
         _, n_val, n_test = split_counts(total, val_fraction, test_fraction)
         remaining = list(ordered)
@@ -99,7 +96,15 @@ def stratified_split(
     return out
 
 
-def _units(samples: Sequence[Sample], groups: Sequence[Sequence[str]]) -> list[list[Sample]]:
+def class_units(samples: Sequence[Sample], groups: Sequence[Sequence[str]]) -> dict[int, list[list[Sample]]]:
+    """:func:`sample_units` by class: a unit counts in the class of most of its photos."""
+    by_class: dict[int, list[list[Sample]]] = defaultdict(list)
+    for unit in sample_units(samples, groups):
+        by_class[Counter(label for _, label in unit).most_common(1)[0][0]].append(unit)
+    return by_class
+
+
+def sample_units(samples: Sequence[Sample], groups: Sequence[Sequence[str]]) -> list[list[Sample]]:
     """Samples gathered into units: one per group of paths, one per remaining sample."""
     unit_of = {path: index for index, group in enumerate(groups) for path in group}
     grouped: dict[int, list[Sample]] = defaultdict(list)
