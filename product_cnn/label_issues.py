@@ -6,7 +6,8 @@ Two sources, in this order:
    whose photos carry different labels: certain conflicts, whatever the model says;
 2. ``cleanlab.filter.find_label_issues`` over the out-of-fold probabilities (every photo
    predicted by the model that did not train on it), ranked by self-confidence, the
-   probability the model gives the photo's own label, lowest first.
+   probability the model gives the photo's own label, lowest first. ``filter_by`` picks which
+   photos count as issues (default: those predicted as another class; see docs/data.md).
 
 :func:`write_label_issues` writes ``label_issues.csv`` and ``label_issues.html``, a contact
 sheet with the thumbnails embedded in the page: it opens in a browser with no server and
@@ -81,7 +82,7 @@ def conflicting_groups(paths: Sequence[str], labels: Sequence[str], root: str,
 
 
 def find_issues(rows: Sequence[dict[str, str]], class_names: Sequence[str], root: str,
-                filter_by: str = "prune_by_noise_rate",
+                filter_by: str = "predicted_neq_given",
                 cache_dir: str | Path | None = None) -> list[LabelIssue]:
     """Conflicting near-duplicate groups first, then cleanlab's issues by self-confidence."""
     from cleanlab.filter import find_label_issues
@@ -185,7 +186,7 @@ def _html(issues: Sequence[LabelIssue], root: str, total: int, side: int) -> str
 
 
 def write_label_issues(cv_dir: str | Path, data_root: str | None = None, output_dir: str | Path | None = None,
-                       filter_by: str = "prune_by_noise_rate", thumbnail: int = 160,
+                       filter_by: str = "predicted_neq_given", thumbnail: int = 160,
                        cache_dir: str | Path | None = None) -> tuple[Path, Path, list[LabelIssue]]:
     """Find the issues of the sweep in ``cv_dir``; write label_issues.csv and .html (default: into it)."""
     rows, names, recorded_root = read_cv(cv_dir)

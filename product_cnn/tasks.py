@@ -12,6 +12,7 @@ from typing import Any
 
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
@@ -43,7 +44,10 @@ def run(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     if rank_zero_only.rank > 0:
         logging.getLogger("product_cnn").setLevel(logging.WARNING)  # rank 0 tells the story
     try:
-        return task(cfg)
+        try:
+            return task(cfg)
+        except InstantiationException as err:  # our error raised while Hydra built an object
+            raise _user_error(err) or err from None
     except SIGTERMException:  # Lightning stopped cleanly; ResumeHint said how to resume
         raise SystemExit(128 + signal.SIGTERM) from None
     except (ProductCNNError, MissingMandatoryValue) as err:
@@ -58,6 +62,13 @@ def run(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
             raise
         log.exception("The job failed")
         return _job_failed(f"{type(err).__name__}: {one_line(err)}")
+
+
+def _user_error(err: BaseException) -> ProductCNNError | None:
+    """The :class:`ProductCNNError` that ``err`` was raised from, if any."""
+    while err is not None and not isinstance(err, ProductCNNError):
+        err = err.__cause__ or err.__context__
+    return err
 
 
 def _in_multirun() -> bool:
