@@ -123,7 +123,8 @@ def test_cli_reports_bad_data_in_one_line(tmp_path, make, expected):
 
 
 def test_cli_a_bad_option_value_is_one_line_not_a_hydra_traceback(tmp_path, tree_factory):
-    proc = _cli("train.py", "data=folder", f"data.root={tree_factory()}", "data.balance=oversample", cwd=tmp_path)
+    root = tree_factory()
+    proc = _cli("train.py", "data=folder", f"data.root={root}", "data.balance=oversample", cwd=tmp_path)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "InstantiationException" not in proc.stderr
     assert "error: data.balance='oversample' is not one of none, weighted_loss, sampler" in proc.stderr
