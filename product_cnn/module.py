@@ -19,11 +19,20 @@ from torchmetrics.classification import (
 )
 
 from product_cnn.data.images import ImageSize, image_hw
-from product_cnn.errors import CheckpointError
-from product_cnn.model import KerasCNN
+from product_cnn.errors import CheckpointError, ProductCNNError
+from product_cnn.networks import MIRROR, build_network
 from product_cnn.run_record import RunRecord
+from product_cnn.schedules import SCHEDULES, build_schedule
 
 STAGES = ("train", "val", "test")
+TTA = ("none", "flip")  # test-time augmentation: none, or the mean with the mirror image
+
+
+def check_tta(tta: str) -> str:
+    """``tta`` if it is one of :data:`TTA`, else a one-line error."""
+    if tta not in TTA:
+        raise ProductCNNError(f"tta={tta!r} is not one of {', '.join(TTA)}")
+    return tta
 KERAS_ADAM = {"_target_": "torch.optim.Adam", "lr": 1e-3, "betas": [0.9, 0.999], "eps": 1e-7}
 
 
@@ -41,13 +50,18 @@ def report_metrics(num_classes: int) -> MetricCollection:
 
 
 class ProductClassifier(L.LightningModule):
-    """Trains :class:`KerasCNN` with cross-entropy on logits; inference returns softmax.
+    """Trains a network (:mod:`product_cnn.networks`: the Keras mirror by default) with
+    cross-entropy on logits; inference returns softmax.
 
+    ``arch`` names the network; ``pretrained``/``weights_path`` load a torchvision backbone.
     ``optimizer`` and ``scheduler`` are Hydra-style dicts (``_target_`` plus arguments),
-    instantiated in :meth:`configure_optimizers`. Class names are saved with the checkpoint.
-    ``channels_last`` stores weights and activations NHWC (faster convolutions on CPU and GPU);
-    ``compile`` runs the network through ``torch.compile``. Neither changes the checkpoint.
-    ``class_weights`` (one per class) weight the training cross-entropy.
+    instantiated in :meth:`configure_optimizers`; ``schedule`` (cosine, onecycle) with
+    ``warmup_epochs`` is the per-batch alternative to ``scheduler``. ``label_smoothing`` and
+    ``class_weights`` (one per class) shape the training loss. Class names are saved with the
+    checkpoint. ``channels_last`` stores weights and activations NHWC (faster convolutions on
+    CPU and GPU); ``compile`` runs the network through ``torch.compile``. Neither changes the
+    checkpoint. ``tta`` (not saved: an inference setting) averages the probabilities of each
+    image and its mirror image when testing and predicting.
     """
 
     METRIC_FLUSH_STEPS = 50  # steps between metric updates (each one GPU sync)
@@ -63,6 +77,12 @@ class ProductClassifier(L.LightningModule):
         channels_last: bool = False,
         compile: bool = False,
         class_weights: Sequence[float] | None = None,
+        arch: str = MIRROR,
+        pretrained: bool = False,
+        weights_path: str | None = None,
+        label_smoothing: float = 0.0,
+        schedule: str = "none",
+        warmup_epochs: float = 0.0,
     ) -> None:
         super().__init__()
         # plain types only (Hydra instantiates with _convert_="all"): checkpoints load weights_only
@@ -74,8 +94,14 @@ class ProductClassifier(L.LightningModule):
         class_weights = [float(w) for w in class_weights] if class_weights is not None else None
         if class_weights is not None and len(class_weights) != num_classes:
             raise ValueError(f"{len(class_weights)} class weights for {num_classes} classes")
+        if schedule not in SCHEDULES:
+            raise ProductCNNError(f"model.schedule={schedule!r} is not one of {', '.join(SCHEDULES)}")
+        if schedule != "none" and scheduler:
+            raise ProductCNNError("model.schedule and model.scheduler exclude each other: "
+                                  "set one of them to none/null")
         self.save_hyperparameters()
-        self.net = KerasCNN(num_classes=num_classes, image_size=image_size, dropout=dropout)
+        self.net = build_network(arch, num_classes, image_size, dropout, pretrained, weights_path)
+        self.tta = "none"
         self.example_input_array = torch.zeros(1, 3, *image_hw(image_size))  # FLOPs per image in the summary
         # class-weighted training loss (data.balance=weighted_loss); val/test losses stay plain
         self.register_buffer("class_weights", torch.tensor(class_weights) if class_weights else None,
@@ -118,7 +144,9 @@ class ProductClassifier(L.LightningModule):
         Raises :class:`CheckpointError` (naming ``name``) when the hyper-parameters or weights
         do not make this model.
         """
-        hparams = {**checkpoint["hyper_parameters"], "compile": False, **overrides}
+        # weights come from the checkpoint: nothing to download or read for the backbone
+        hparams = {**checkpoint["hyper_parameters"], "compile": False, "pretrained": False,
+                   "weights_path": None, **overrides}
         try:
             model = cls(**hparams)
         except (TypeError, ValueError) as err:
@@ -142,14 +170,35 @@ class ProductClassifier(L.LightningModule):
         names = self.hparams.class_names
         return list(names) if names else [str(i) for i in range(self.hparams.num_classes)]
 
+    @property
+    def backbone(self) -> torch.nn.Module:
+        """The pretrained part of the network (for Lightning's ``BackboneFinetuning``)."""
+        if not hasattr(self.net, "backbone"):
+            raise ProductCNNError(f"model {self.hparams.arch} has no pretrained backbone to fine-tune: "
+                                  "callbacks=finetune needs a torchvision model, e.g. model=resnet18")
+        return self.net.backbone
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for a float batch in [0, 1]."""
         return self.net(x.contiguous(memory_format=self.memory_format))
 
+    def _evaluate(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits, or with ``tta="flip"`` the log of the mean probabilities of images and mirrors."""
+        if self.tta == "none":
+            return self(images)
+        probs = torch.softmax(self(images).float(), 1) + torch.softmax(self(images.flip(-1)).float(), 1)
+        return torch.log(probs / 2)
+
     def _step(self, batch: Any, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = batch[0], batch[1]
-        logits = self(images)
-        loss = F.cross_entropy(logits, labels, weight=self.class_weights if stage == "train" else None)
+        logits = self(images) if stage == "train" else self._evaluate(images)
+        if stage == "train":
+            loss = F.cross_entropy(logits, labels, weight=self.class_weights,
+                                   label_smoothing=self.hparams.label_smoothing)
+            if labels.ndim == 2:  # soft labels from MixUp/CutMix: metrics count the larger share
+                labels = labels.argmax(1)
+        else:
+            loss = F.cross_entropy(logits, labels)
         self._pending[stage].append((loss.detach(), logits.detach(), labels))
         if len(self._pending[stage]) >= self.METRIC_FLUSH_STEPS:
             self._flush(stage)
@@ -195,7 +244,7 @@ class ProductClassifier(L.LightningModule):
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
         """Class probabilities (softmax) for a batch."""
         images = batch[0] if isinstance(batch, (list, tuple)) else batch
-        return torch.softmax(self(images).float(), dim=1)
+        return torch.softmax(self._evaluate(images).float(), dim=1)
 
     def on_train_epoch_end(self) -> None:
         train = self._log_epoch("train")
@@ -252,7 +301,15 @@ class ProductClassifier(L.LightningModule):
             self.record.history = saved
 
     def configure_optimizers(self) -> Any:
-        optimizer = instantiate(self.hparams.optimizer, params=self.parameters())
+        # trainable parameters only: a frozen backbone joins later (BackboneFinetuning)
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        optimizer = instantiate(self.hparams.optimizer, params=trainable)
+        if self.hparams.schedule != "none":
+            total = self.trainer.estimated_stepping_batches
+            per_epoch = total / max(1, self.trainer.max_epochs or 1)
+            schedule = build_schedule(self.hparams.schedule, optimizer, total,
+                                      round(self.hparams.warmup_epochs * per_epoch))
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
         if not self.hparams.scheduler:
             return optimizer
         scheduler_cfg = dict(self.hparams.scheduler)

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 from rich.progress import Progress
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from product_cnn.atomic import write_text
@@ -36,7 +37,6 @@ from product_cnn.data.images import (
     to_unit_float,
 )
 from product_cnn.errors import DataError, ImageLoadError
-from product_cnn.model import KerasCNN
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +120,8 @@ def expand_inputs(inputs: str | Path | Iterable[str | Path]) -> list[str]:
 class Predictor:
     """A trained network plus its class names and preprocessing, ready to classify photos."""
 
-    def __init__(self, net: KerasCNN, class_names: Sequence[str], image_size: ImageSize = 256,
-                 device: str = "auto", batch_size: int = 32, num_workers: int = 0) -> None:
+    def __init__(self, net: nn.Module, class_names: Sequence[str], image_size: ImageSize = 256,
+                 device: str = "auto", batch_size: int = 32, num_workers: int = 0, tta: str = "none") -> None:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
@@ -130,21 +130,31 @@ class Predictor:
         self.image_size = image_size
         self.batch_size = batch_size
         self.num_workers = num_workers
+        self.tta = tta
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto", batch_size: int = 32,
-                        num_workers: int = 0) -> Predictor:
+                        num_workers: int = 0, tta: str = "none") -> Predictor:
         """Load a training checkpoint safely (no pickled code runs)."""
-        from product_cnn.module import ProductClassifier  # Lightning only needed here
+        from product_cnn.module import ProductClassifier, check_tta  # Lightning only needed here
 
+        check_tta(tta)
         checkpoint = read_checkpoint(path)
         model = ProductClassifier.from_checkpoint_dict(checkpoint, name=f"checkpoint {path}")
-        return cls(model.net, model.class_names, model.hparams.image_size, device, batch_size, num_workers)
+        return cls(model.net, model.class_names, model.hparams.image_size, device, batch_size,
+                   num_workers, tta)
 
     @torch.no_grad()
     def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
-        """Softmax probabilities for a uint8 or [0, 1] float batch ``(N, 3, H, W)``."""
-        return torch.softmax(self.net(to_unit_float(batch.to(self.device))).float(), dim=1).cpu()
+        """Softmax probabilities for a uint8 or [0, 1] float batch ``(N, 3, H, W)``.
+
+        With ``tta="flip"``: the mean of the probabilities of each image and its mirror image.
+        """
+        images = to_unit_float(batch.to(self.device))
+        probs = torch.softmax(self.net(images).float(), dim=1)
+        if self.tta == "flip":
+            probs = (probs + torch.softmax(self.net(images.flip(-1)).float(), dim=1)) / 2
+        return probs.cpu()
 
     def iter_predict(self, images: Sequence[ImageInput], topk: int = 3) -> Iterator[Prediction]:
         """Yield one :class:`Prediction` per input, in order, batch by batch."""

@@ -64,11 +64,17 @@ def resolve_resume(cfg: DictConfig) -> tuple[str | None, dict[str, Any] | None]:
     return str(path), checkpoint
 
 
-def check_same_classes(ckpt_path: str, saved: Sequence[str] | None, class_names: Sequence[str],
-                       root: str) -> None:
-    """A resumed run must see the class list its checkpoint was trained on."""
-    if saved and list(saved) != list(class_names):
-        raise CheckpointError(f"checkpoint {ckpt_path} was trained on classes {list(saved)}, "
+def check_resume_fits(ckpt_path: str, checkpoint: dict[str, Any], arch: str, class_names: Sequence[str],
+                      root: str) -> None:
+    """A resumed run must build the network and see the class list its checkpoint was trained on."""
+    saved = checkpoint["hyper_parameters"]
+    saved_arch = saved.get("arch", "keras_cnn")
+    if saved_arch != arch:
+        raise CheckpointError(f"checkpoint {ckpt_path} is a {saved_arch} network, not {arch}: "
+                              f"resume it with the model it was trained with")
+    names = saved.get("class_names")
+    if names and list(names) != list(class_names):
+        raise CheckpointError(f"checkpoint {ckpt_path} was trained on classes {list(names)}, "
                               f"but {root} has {list(class_names)}")
 
 

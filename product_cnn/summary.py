@@ -60,5 +60,5 @@ class ModelSummary(RichModelSummary):
         per = f" per {example.shape[-1]}x{example.shape[-2]} image" if example is not None else ""
         net = getattr(pl_module, "net", pl_module)
         log.info("Model %s: %s parameters (%s trainable, %s non-trainable), %.3f GFLOP%s forward",
-                 type(net).__name__, f"{total:,}", f"{trainable:,}", f"{total - trainable:,}",
+                 getattr(net, "arch", type(net).__name__), f"{total:,}", f"{trainable:,}", f"{total - trainable:,}",
                  summary.total_flops / 1e9, per)

@@ -25,8 +25,8 @@ from product_cnn.checkpoint import read_checkpoint
 from product_cnn.cv import ERROR_FILE, sweep_of, write_cv_summary
 from product_cnn.data.datamodule import ProductDataModule
 from product_cnn.errors import ProductCNNError
-from product_cnn.module import ProductClassifier
-from product_cnn.resume import check_same_classes, resolve_resume
+from product_cnn.module import ProductClassifier, check_tta
+from product_cnn.resume import check_resume_fits, resolve_resume
 from product_cnn.runtime import quiet_lightning, tune_malloc
 from product_cnn.trainer import build_trainer, check_accelerator
 
@@ -110,8 +110,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     model: ProductClassifier = instantiate(cfg.model, class_names=datamodule.class_names,
                                            _recursive_=False, _convert_="all", **extra)
     if resumed is not None:
-        check_same_classes(ckpt_path, resumed["hyper_parameters"].get("class_names"),
-                           datamodule.class_names, datamodule.hparams.root)
+        check_resume_fits(ckpt_path, resumed, model.hparams.arch, datamodule.class_names,
+                          datamodule.hparams.root)
         model.check_weights_fit(resumed["state_dict"], f"checkpoint {ckpt_path}")
     trainer = build_trainer(cfg)
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
@@ -143,6 +143,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     ckpt_path = str(Path(cfg.ckpt_path).expanduser())
     checkpoint = read_checkpoint(ckpt_path)
     model = ProductClassifier.from_checkpoint_dict(checkpoint, name=f"checkpoint {ckpt_path}")
+    model.tta = check_tta(cfg.get("tta", "none"))
     data_cfg = cfg.get("data")
     if data_cfg is not None and "_target_" in data_cfg:  # a whole data config, e.g. data=folder
         datamodule = instantiate(data_cfg, classes=model.class_names, _convert_="all")
@@ -184,7 +185,7 @@ def predict(cfg: DictConfig) -> int:
     tune_malloc()
     files = expand_inputs(cfg.inputs)
     predictor = Predictor.from_checkpoint(cfg.ckpt_path, device=cfg.device, batch_size=cfg.batch_size,
-                                          num_workers=cfg.num_workers)
+                                          num_workers=cfg.num_workers, tta=cfg.get("tta", "none"))
     log.info("Classifying %d file(s) with %s on %s", len(files), cfg.ckpt_path, predictor.device)
     predictions = predictor.predict(files, topk=cfg.topk, progress=len(files) > cfg.batch_size)
     output = write_predictions(predictions, cfg.output, cfg.topk)

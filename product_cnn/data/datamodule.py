@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ import torch.distributed as dist
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
-from product_cnn.data.augment import build_augment
+from product_cnn.data.augment import build_augment, build_mix
 from product_cnn.data.cache import DecodedImageCache, default_cache_dir
 from product_cnn.data.check import TreeCheck, check_tree
 from product_cnn.data.demo import default_demo_root, ensure_demo_dataset
@@ -74,7 +74,9 @@ class ProductDataModule(L.LightningDataModule):
     every photo of an unsplit folder the test split (testing a model on a shop's own photos).
     ``folds=K`` with ``fold=k`` makes fold k of a k-fold split the test split (see
     :mod:`product_cnn.data.folds`). ``relabel`` is a CSV of label corrections applied when the
-    folder is scanned (see :mod:`product_cnn.data.relabel`).
+    folder is scanned (see :mod:`product_cnn.data.relabel`). ``mixup_alpha`` / ``cutmix_alpha``
+    (0: off) mix training batches on the device (torchvision's MixUp / CutMix; one of the two,
+    at random, when both are on): the labels become class probabilities.
     """
 
     def __init__(
@@ -104,6 +106,8 @@ class ProductDataModule(L.LightningDataModule):
         folds: int | None = None,
         fold: int = 0,
         relabel: str | None = None,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
     ) -> None:
         super().__init__()
         if root is None:
@@ -127,6 +131,7 @@ class ProductDataModule(L.LightningDataModule):
         self.split_samples: dict[str, list[Sample]] = {}
         self.cache: DecodedImageCache | None = None
         self.relabel: Relabel | None = None
+        self.mix: Callable | None = None  # MixUp / CutMix, built once the class count is known
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Mapping[str, Any], overrides: Mapping[str, Any] | None = None,
@@ -186,6 +191,7 @@ class ProductDataModule(L.LightningDataModule):
             groups = self.check.groups if hp.group_duplicates else []
             self._log_duplicates(tree.presplit)
         self.tree, self.split_samples = tree, self._split(tree, groups)
+        self.mix = build_mix(hp.mixup_alpha, hp.cutmix_alpha, len(tree.class_names))
         splits = self.split_samples
         if hp.cache:
             paths = sorted({path for samples in splits.values() for path, _ in samples})
@@ -348,6 +354,10 @@ class ProductDataModule(L.LightningDataModule):
         if isinstance(batch, torch.Tensor):  # images alone (the model summary's example input)
             return to_unit_float(batch)
         images, *rest = batch
-        if self.trainer is not None and self.trainer.training:
+        training = self.trainer is not None and self.trainer.training
+        if training:
             images = self.augment_batch(images)
-        return [to_unit_float(images), *rest]
+        images = to_unit_float(images)
+        if training and self.mix is not None:
+            images, rest[0] = self.mix(images, rest[0])
+        return [images, *rest]
