@@ -59,6 +59,7 @@ class ModelSummary(RichModelSummary):
         example = getattr(pl_module, "example_input_array", None)
         per = f" per {example.shape[-1]}x{example.shape[-2]} image" if example is not None else ""
         net = getattr(pl_module, "net", pl_module)
+        name = getattr(net, "arch", type(net).__name__)
         log.info("Model %s: %s parameters (%s trainable, %s non-trainable), %.3f GFLOP%s forward",
-                 getattr(net, "arch", type(net).__name__), f"{total:,}", f"{trainable:,}", f"{total - trainable:,}",
+                 name, f"{total:,}", f"{trainable:,}", f"{total - trainable:,}",
                  summary.total_flops / 1e9, per)

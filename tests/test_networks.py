@@ -20,7 +20,10 @@ ONE_BATCH = ["trainer.max_epochs=1", "+trainer.limit_train_batches=1", "+trainer
 HEAVY = {"convnext_tiny", "efficientnet_b0", "mobilenet_v3_large"}  # 30-45 s each on 2 cores: -m slow
 
 
-@pytest.mark.parametrize("arch", [pytest.param(a, marks=pytest.mark.slow) if a in HEAVY else a for a in TORCHVISION])
+ARCHS = [pytest.param(a, marks=pytest.mark.slow) if a in HEAVY else a for a in TORCHVISION]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
 def test_each_architecture_trains_evaluates_predicts_and_exports(arch, train_cfg, tree_factory, tmp_path):
     ort = pytest.importorskip("onnxruntime")
     from product_cnn.export import export
