@@ -15,6 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import WeightAveraging
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
@@ -126,6 +127,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
             log.info("Testing the best checkpoint: %s", best_path)
         else:
             log.warning("No checkpoint was saved; testing the weights at the end of training")
+        # EMA (weight averaging) puts the raw weights back when a checkpoint is loaded, to resume
+        # training; the test must see the averaged ones, which were validated and saved
+        trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, WeightAveraging)]
         results = trainer.test(model, datamodule=datamodule, ckpt_path=best_path or None, weights_only=True)
         metrics.update(results[0] if results else {})
         log.info("Test: %s", _format_metrics({k: v for k, v in metrics.items() if k.startswith("test/")}))
