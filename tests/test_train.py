@@ -81,9 +81,11 @@ def test_eval_on_a_shop_folder_tests_every_photo_with_classes_matched_by_name(tr
 
 @pytest.mark.parametrize(
     ("config", "overrides"),
-    [("train", [f"{group}={option.stem}"]) for group in ("data", "trainer", "logger", "callbacks", "debug")
+    [("train", [f"{group}={option.stem}"])
+     for group in ("data", "model", "trainer", "logger", "callbacks", "debug")
      for option in sorted((CONF_DIR / group).glob("*.yaml"))]
-    + [("train", ["experiment=original"]), ("eval", ["ckpt_path=x.ckpt"])],
+    + [("train", ["experiment=original"]), ("train", ["experiment=finetune", "data.root=/x"]),
+       ("eval", ["ckpt_path=x.ckpt"])],
 )
 def test_every_config_option_composes(config, overrides):
     GlobalHydra.instance().clear()
