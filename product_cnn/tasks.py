@@ -1,5 +1,5 @@
-"""What the entry points run: train, evaluate, check_data, predict, export, find_label_issues;
-one-line errors."""
+"""What the entry points run: train, evaluate, check_data, predict, export, find_label_issues,
+import_keras; one-line errors."""
 
 from __future__ import annotations
 
@@ -219,3 +219,13 @@ def find_label_issues(cfg: DictConfig) -> str:
     _, html_path, _ = write_label_issues(cfg.cv_dir, cfg.get("data_root"), cfg.get("output_dir"),
                                          cfg.filter_by, cfg.thumbnail, cfg.paths.cache_dir)
     return str(html_path)
+
+
+def import_keras(cfg: DictConfig) -> str:
+    """Convert a Keras model of the original network into a project checkpoint; return its path."""
+    from product_cnn.keras_import import import_keras as convert
+
+    class_names = list(cfg.class_names) if cfg.get("class_names") else None
+    path = convert(cfg.keras_path, cfg.output, class_names, cfg.get("image_size"))
+    log.info("Wrote %s: evaluate with  python eval.py ckpt_path=%s data.root=/path/to/photos", path, path)
+    return str(path)
