@@ -148,6 +148,9 @@ class ProductDataModule(L.LightningDataModule):
             raise CheckpointError("the checkpoint does not record its data set: "
                                   "pass data.root=/path/to/photos")
         params = dict(saved or {})
+        model_size = checkpoint.get("hyper_parameters", {}).get("image_size")
+        if model_size is not None:  # photos are resized to what the network takes
+            params["image_size"] = model_size
         if "root" in overrides:  # another folder: no demo, no folds, no corrections of the old one
             params.update(demo=False, test_all=True, folds=None, relabel=None)
         params.update(overrides)
