@@ -80,3 +80,26 @@ class KerasCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.flatten(self.features(x)))
+
+    def keras_layers(self) -> list[tuple[str, str, tuple[nn.Module, ...]]]:
+        """The original's Keras layers, in order: (Keras name, Keras class, our modules).
+
+        A Keras Conv2D or Dense layer includes its activation (two of our modules). The
+        original's second Flatten (after the first Dropout, a no-op on a flat tensor) has no
+        module here: this network leaves it out.
+        """
+        f, c = self.features, self.classifier
+        bn, pool = "BatchNormalization", "MaxPooling2D"
+        return [
+            ("conv2d", "Conv2D", (f[0], f[1])), ("batch_normalization", bn, (f[2],)),
+            ("max_pooling2d", pool, (f[3],)),
+            ("conv2d_1", "Conv2D", (f[4], f[5])), ("batch_normalization_1", bn, (f[6],)),
+            ("max_pooling2d_1", pool, (f[7],)),
+            ("flatten", "Flatten", (self.flatten,)),
+            ("dense", "Dense", (c[0], c[1])), ("batch_normalization_2", bn, (c[2],)),
+            ("dropout", "Dropout", (c[3],)),
+            ("flatten_1", "Flatten", ()),
+            ("dense_1", "Dense", (c[4], c[5])), ("batch_normalization_3", bn, (c[6],)),
+            ("dropout_1", "Dropout", (c[7],)),
+            ("dense_2", "Dense", (c[8],)),
+        ]

@@ -25,10 +25,12 @@ from product_cnn.atomic import write_text
 from product_cnn.checkpoint import read_checkpoint
 from product_cnn.cv import ERROR_FILE, sweep_of, write_cv_summary
 from product_cnn.data.datamodule import ProductDataModule
+from product_cnn.data.folder import scan_tree
 from product_cnn.errors import ProductCNNError
 from product_cnn.module import ProductClassifier, check_tta
 from product_cnn.resume import check_resume_fits, resolve_resume
 from product_cnn.runtime import quiet_lightning, tune_malloc
+from product_cnn.summary import format_summary, summarize_network
 from product_cnn.trainer import build_trainer, check_accelerator
 
 log = logging.getLogger(__name__)
@@ -104,6 +106,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         L.seed_everything(cfg.seed, workers=True)
     datamodule: ProductDataModule = instantiate(cfg.data, _convert_="all")
     datamodule.prepare_data()
+    if cfg.get("summary_only"):  # the model's table for these classes, no data check, no training
+        return _print_summary(cfg, scan_tree(datamodule.hparams.root, datamodule.hparams.classes).class_names)
     datamodule.setup("fit")
     extra = {}
     if datamodule.hparams.balance == "weighted_loss":
@@ -138,6 +142,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if resumed is not None and cfg.data.get("folds") and not _in_multirun() and sweep_of(out):
         write_cv_summary(sweep_of(out))  # a resumed fold: its sweep's summary counts it now
     return metrics
+
+
+def _print_summary(cfg: DictConfig, class_names: list[str]) -> dict[str, float]:
+    model: ProductClassifier = instantiate(cfg.model, class_names=class_names, _recursive_=False,
+                                           _convert_="all")
+    print(format_summary(summarize_network(model.net, model.hparams.image_size)))
+    return {}
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
