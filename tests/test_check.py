@@ -101,7 +101,7 @@ def test_bad_files_stop_training_before_the_first_epoch_or_are_skipped(tree_fact
     assert not used & set(bad)
     assert {Path(i.path).name for i in dm.check.bad} == set(bad)
     for split in ("train", "val", "test"):  # every remaining photo decodes
-        images, _ = next(iter(dm._loader(split, shuffle=False)))
+        images, *_ = next(iter(dm._loader(split, shuffle=False)))
         assert images.shape[1:] == (3, 32, 32)
 
 

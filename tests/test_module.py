@@ -56,7 +56,7 @@ def test_metrics_match_a_manual_computation(small):
     model.eval()
     correct = total = 0
     with torch.no_grad():
-        for images, labels in dm.test_dataloader():
+        for images, labels, *_ in dm.test_dataloader():
             images, labels = dm.on_after_batch_transfer((images, labels), 0)
             correct += (model(images).argmax(1) == labels).sum().item()
             total += len(labels)
