@@ -30,7 +30,11 @@ def machine() -> str:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    text = f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    from product_cnn.precision import cpu_flags
+
+    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+    flags = " ".join(f for f in wanted if f in cpu_flags()) or "none of avx2/avx512/amx"
+    text = f"{cpu} (flags: {flags}), {torch.get_num_threads()} threads, torch {torch.__version__}"
     if torch.cuda.is_available():
         text += f", GPU {torch.cuda.get_device_name()}"
     return text

@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
 from product_cnn.errors import ProductCNNError
+from product_cnn.precision import resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +49,21 @@ def _no_sync_batchnorm_on_cpu(trainer_cfg: DictConfig) -> None:
             trainer_cfg.sync_batchnorm = False
 
 
+def _resolve_precision(trainer_cfg: DictConfig) -> None:
+    """``precision: auto`` -> bf16-mixed or 32-true for this device (see precision.py), logged."""
+    precision, reason = resolve_precision(str(trainer_cfg.get("precision", "32-true")),
+                                          str(trainer_cfg.get("accelerator", "auto")))
+    if reason is not None:
+        log.info("Precision %s: %s (trainer.precision=auto; set it to override)", precision, reason)
+        with open_dict(trainer_cfg):
+            trainer_cfg.precision = precision
+
+
 def build_trainer(cfg: DictConfig) -> L.Trainer:
     """``cfg.trainer`` with the callbacks and loggers of ``cfg.callbacks`` and ``cfg.logger``."""
     check_accelerator(cfg.trainer)
     _no_sync_batchnorm_on_cpu(cfg.trainer)
+    _resolve_precision(cfg.trainer)
     return instantiate(
         cfg.trainer,
         callbacks=instantiate_group(cfg.get("callbacks")),
