@@ -19,6 +19,7 @@ from product_cnn.atomic import atomic_path, write_text
 from product_cnn.checkpoint import read_checkpoint
 from product_cnn.data.images import image_hw
 from product_cnn.errors import ProductCNNError
+from product_cnn.inference import fold_batchnorm
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def load_for_export(ckpt_path: str | Path) -> tuple[ProbabilityModel, dict]:
         ],
         "checkpoint": str(ckpt_path),
     }
-    return ProbabilityModel(module.net).eval(), meta
+    return ProbabilityModel(fold_batchnorm(module.net)).eval(), meta
 
 
 def export(ckpt_path: str | Path, fmt: str, output: str | Path | None = None) -> Path:

@@ -37,6 +37,7 @@ from product_cnn.data.images import (
     to_unit_float,
 )
 from product_cnn.errors import DataError, ImageLoadError
+from product_cnn.inference import fold_batchnorm
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +142,7 @@ class Predictor:
         check_tta(tta)
         checkpoint = read_checkpoint(path)
         model = ProductClassifier.from_checkpoint_dict(checkpoint, name=f"checkpoint {path}")
-        return cls(model.net, model.class_names, model.hparams.image_size, device, batch_size,
+        return cls(fold_batchnorm(model.net), model.class_names, model.hparams.image_size, device, batch_size,
                    num_workers, tta)
 
     @torch.no_grad()
