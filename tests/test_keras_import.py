@@ -1,8 +1,9 @@
 """Importing the original Keras network: same probabilities as Keras, refusals in one line.
 
-The fixture (tests/fixtures/keras, made by make_fixture.py with real Keras 3 / TensorFlow) is
-the original network at 64x64 with five classes and seeded random weights, saved as .keras and
-.h5, with the probabilities Keras gave three fixed inputs. Only h5py is needed here.
+The fixture (tests/fixtures/keras, made by make_fixture.py with real Keras 3 / TensorFlow, and
+Keras 2 through tf_keras) is the original network at 64x64 with five classes and seeded random
+weights, saved as .keras and .h5 (and Keras 2's .h5), with the probabilities Keras gave three
+fixed inputs. Only h5py is needed here.
 """
 
 import json
@@ -33,7 +34,7 @@ def _probabilities(ckpt: Path, images: torch.Tensor) -> np.ndarray:
     return Predictor.from_checkpoint(ckpt, device="cpu").probabilities(images).numpy()
 
 
-@pytest.mark.parametrize("name", ["mirror64.keras", "mirror64.h5"])
+@pytest.mark.parametrize("name", ["mirror64.keras", "mirror64.h5", "mirror64_keras2.h5"])
 def test_imported_checkpoint_gives_the_keras_probabilities(name, expected, tmp_path):
     images, probs = expected
     ckpt = import_keras(FIXTURES / name, tmp_path / "k.ckpt", NAMES)

@@ -123,8 +123,9 @@ class ProductDataModule(L.LightningDataModule):
             if test_all:
                 raise DataError("data.folds and data.test_all exclude each other: a fold is the test split")
         relabel = str(Path(relabel).expanduser().resolve()) if relabel else None
-        # built now so that an unknown name is refused before any data is read
+        # built now so that an unknown name or value is refused before any data is read
         self.augment = build_augment(augment, image_size)
+        build_mix(mixup_alpha, cutmix_alpha, num_classes=2)
         self.save_hyperparameters()
         self.check: TreeCheck | None = None
         self.tree: FolderTree | None = None
