@@ -47,6 +47,7 @@ def load_for_export(ckpt_path: str | Path) -> tuple[ProbabilityModel, dict]:
     height, width = image_hw(module.hparams.image_size)
     meta = {
         "class_names": module.class_names,
+        "arch": module.hparams.arch,
         "input": {"name": "images", "shape": ["N", 3, height, width], "dtype": "float32",
                   "layout": "NCHW", "channels": "RGB", "range": [0.0, 1.0]},
         "output": {"name": "probabilities", "shape": ["N", len(module.class_names)]},

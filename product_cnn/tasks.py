@@ -1,5 +1,5 @@
 """What the entry points run: train, evaluate, check_data, predict, export, find_label_issues,
-import_keras; one-line errors."""
+import_keras, serve; one-line errors."""
 
 from __future__ import annotations
 
@@ -240,3 +240,14 @@ def import_keras(cfg: DictConfig) -> str:
     path = convert(cfg.keras_path, cfg.output, class_names, cfg.get("image_size"))
     log.info("Wrote %s: evaluate with  python eval.py ckpt_path=%s data.root=/path/to/photos", path, path)
     return str(path)
+
+
+def serve(cfg: DictConfig) -> None:
+    """Serve ``cfg.ckpt_path`` (or an exported ONNX model) over HTTP until interrupted."""
+    from product_cnn.serve.app import build_server
+
+    server = build_server(cfg.get("ckpt_path"), cfg.backend, cfg.get("onnx_path"), cfg.device, cfg.workers,
+                          cfg.max_batch_size, cfg.batch_timeout, cfg.topk, cfg.max_files, cfg.max_body_mb,
+                          cfg.get("api_key"), list(cfg.cors_origins or []), cfg.timeout)
+    log.info("Serving on http://%s:%s/  (POST /predict, GET /info, GET /health)", cfg.host, cfg.port)
+    server.run(host=cfg.host, port=int(cfg.port), generate_client_file=False)

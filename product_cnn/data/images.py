@@ -6,6 +6,7 @@ Every path that turns a file into model input (training, evaluation, prediction)
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from collections.abc import Iterator
@@ -67,14 +68,17 @@ def pil_to_tensor(image: Image.Image, size: ImageSize) -> torch.Tensor:
 
 
 @contextmanager
-def open_image(path: str | Path) -> Iterator[Image.Image]:
-    """Open and fully decode ``path`` (pixel-count guard on), or raise :class:`ImageLoadError`."""
+def open_image(source: str | Path | bytes, name: str | None = None) -> Iterator[Image.Image]:
+    """Open and fully decode a file or the bytes of one (pixel-count guard on), or raise
+    :class:`ImageLoadError` naming ``name`` (default: the path, or ``<upload>`` for bytes)."""
+    path = name or ("<upload>" if isinstance(source, bytes) else str(source))
     try:
-        if os.path.getsize(path) == 0:
+        size = len(source) if isinstance(source, bytes) else os.path.getsize(source)
+        if size == 0:
             raise ImageLoadError(str(path), "empty file (0 bytes)")
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
                 # explicit, not only through Pillow's warning: warning filters are process-wide
                 # and not thread-safe, and the data check decodes in threads
                 width, height = image.size
@@ -93,9 +97,9 @@ def open_image(path: str | Path) -> Iterator[Image.Image]:
         raise ImageLoadError(str(path), f"corrupt or truncated ({err})") from None
 
 
-def load_image(path: str | Path, size: ImageSize = 256) -> torch.Tensor:
-    """Decode ``path`` into a ``(3, H, W)`` uint8 tensor, or raise :class:`ImageLoadError`."""
-    with open_image(path) as image:
+def load_image(source: str | Path | bytes, size: ImageSize = 256, name: str | None = None) -> torch.Tensor:
+    """Decode a file (or its bytes) into a ``(3, H, W)`` uint8 tensor, or raise :class:`ImageLoadError`."""
+    with open_image(source, name) as image:
         return pil_to_tensor(image, size)
 
 

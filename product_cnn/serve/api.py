@@ -1,0 +1,90 @@
+"""The LitServe API: decode uploads, classify them in dynamic batches, answer in JSON.
+
+A bad upload never fails the batch it would have joined: ``decode_request`` returns a
+:class:`BadRequest` instead of raising, the batch classifies only the good photos, and
+``encode_response`` answers that request alone with its 4xx and a one-line JSON reason.
+
+LitServe reads the annotation of ``decode_request``'s argument to know that it should parse
+the request (JSON or form): this module keeps its annotations evaluated (no ``from __future__
+import annotations``).
+"""
+
+import hmac
+import logging
+from typing import Any
+
+import litserve as ls
+import numpy as np
+import torch
+from fastapi import HTTPException, Request
+from fastapi.responses import JSONResponse
+
+from product_cnn.serve.backends import ModelInfo, load_backend
+from product_cnn.serve.uploads import BadRequest, Photos, decode_photos, read_request
+
+log = logging.getLogger(__name__)
+
+
+def bearer_ok(header: str | None, api_key: str | None) -> bool:
+    """Whether an ``Authorization`` header carries ``Bearer <api_key>`` (constant-time compare)."""
+    if not api_key:
+        return True
+    scheme, _, token = (header or "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), api_key.encode())
+
+
+class ClassifierAPI(ls.LitAPI):
+    """``POST /predict``: photos in, ``{"category", "confidence", "topk"}`` out (a list for several)."""
+
+    def __init__(self, info: ModelInfo, ckpt_path: str | None, onnx_path: str | None, topk: int = 3,
+                 max_files: int = 16, max_bytes: int = 20 * 2**20, api_key: str | None = None,
+                 max_batch_size: int = 8, batch_timeout: float = 0.005) -> None:
+        super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path="/predict")
+        self.info, self.ckpt_path, self.onnx_path = info, ckpt_path, onnx_path
+        self.topk = max(1, min(topk, len(info.class_names)))
+        self.max_files, self.max_bytes, self.api_key = max_files, max_bytes, api_key
+
+    def setup(self, device: str) -> None:
+        torch.set_num_threads(max(1, torch.get_num_threads()))
+        self.backend = load_backend(self.info.backend, self.ckpt_path, self.onnx_path, device)
+
+    def authorize(self, request: Request) -> None:
+        if not bearer_ok(request.headers.get("authorization"), self.api_key):
+            raise HTTPException(401, "missing or wrong API key: send Authorization: Bearer <key>")
+
+    def decode_request(self, request: Request) -> Photos | BadRequest:
+        files = read_request(request, self.max_files, self.max_bytes)
+        if isinstance(files, BadRequest):
+            return files
+        return decode_photos(files, self.info.image_size, several=len(files) > 1)
+
+    def batch(self, inputs: list[Photos | BadRequest]) -> list[Photos | BadRequest]:
+        return inputs  # kept apart: predict() runs the good photos of all of them at once
+
+    def unbatch(self, output: list[Any]) -> list[Any]:
+        return output
+
+    def predict(self, x: Photos | BadRequest | list[Photos | BadRequest]) -> Any:
+        items = x if isinstance(x, list) else [x]
+        good = [item for item in items if isinstance(item, Photos)]
+        probs = self.backend.probabilities(torch.cat([p.images for p in good])) if good else np.empty((0, 0))
+        answers, start = [], 0
+        for item in items:
+            if isinstance(item, Photos):
+                answers.append((item, probs[start:start + len(item.images)]))
+                start += len(item.images)
+            else:
+                answers.append(item)
+        return answers if isinstance(x, list) else answers[0]
+
+    def encode_response(self, output: Any) -> JSONResponse:
+        if isinstance(output, BadRequest):
+            return JSONResponse({"error": output.reason}, status_code=output.status)
+        photos, probs = output
+        names = self.info.class_names
+        results = []
+        for row in probs:
+            order = np.argsort(-row)[: self.topk]
+            ranked = [[names[int(i)], float(row[i])] for i in order]
+            results.append({"category": ranked[0][0], "confidence": ranked[0][1], "topk": ranked})
+        return JSONResponse(results if photos.several else results[0])
