@@ -181,3 +181,48 @@ def test_onnx_backend_gives_the_same_answers(tiny_run, photos, tmp_path):
             assert [p for _, p in got["topk"]] == pytest.approx([p for _, p in want.topk], abs=1e-4)
     finally:
         running.stop()
+
+
+def _browser():
+    """Headless Chromium through Selenium, or a skip that says what is missing."""
+    import shutil
+
+    webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (the dev extra)")
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    driver = shutil.which("chromedriver")
+    if not browser or not driver:
+        pytest.skip("needs Chromium and chromedriver (apt-get install chromium chromium-driver; "
+                    ".ci/run installs them)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1100,800"):
+        options.add_argument(flag)
+    service = webdriver.ChromeService(executable_path=driver)
+    return webdriver.Chrome(options=options, service=service)
+
+
+def test_the_web_page_classifies_a_dropped_photo_in_a_real_browser(server, photos, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser = _browser()
+    try:
+        browser.get(f"{server.url}/")
+        browser.find_element(By.ID, "key").send_keys(KEY)
+        chooser = browser.find_element(By.ID, "files")
+        browser.execute_script("arguments[0].hidden = false", chooser)
+        chooser.send_keys(str(photos[0]))
+        answered = expected_conditions.presence_of_element_located((By.CLASS_NAME, "category"))
+        WebDriverWait(browser, 60).until(answered)
+        shown = browser.find_element(By.CLASS_NAME, "category").text
+        bars = browser.find_elements(By.CLASS_NAME, "bar")
+        shot = tmp_path / "page.png"
+        browser.save_screenshot(str(shot))
+        if os.environ.get("PRODUCT_CNN_SCREENSHOT"):  # how docs/serve.png was made
+            browser.save_screenshot(os.environ["PRODUCT_CNN_SCREENSHOT"])
+    finally:
+        browser.quit()
+    expected = _post_file(server.url, photos[0]).json()
+    assert shown.startswith(expected["category"] + " (") and len(bars) == 3
+    assert shot.stat().st_size > 5000
