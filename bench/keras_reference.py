@@ -17,15 +17,16 @@ import argparse
 import os
 import time
 
-from common import median_spread
-
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def build(tf, num_classes: int = 5):
-    layers = tf.keras.layers
-    model = tf.keras.Sequential([
-        layers.Input(shape=(256, 256, 3)),
+def original(keras, size: int = 256, num_classes: int = 5):
+    """The original write-up's code block (second Flatten included), in Keras 3 or Keras 2."""
+    layers = keras.layers
+    first = layers.InputLayer(shape=(size, size, 3)) if keras.__version__ >= "3" else \
+        layers.InputLayer(input_shape=(size, size, 3))  # Keras 2's spelling
+    return keras.Sequential([
+        first,
         layers.Conv2D(64, kernel_size=(6, 6), padding="valid", activation="relu"),
         layers.BatchNormalization(),
         layers.MaxPooling2D(pool_size=(2, 2)),
@@ -36,17 +37,24 @@ def build(tf, num_classes: int = 5):
         layers.Dense(64, activation="relu"),
         layers.BatchNormalization(),
         layers.Dropout(0.1),
+        layers.Flatten(),
         layers.Dense(16, activation="relu"),
         layers.BatchNormalization(),
         layers.Dropout(0.1),
         layers.Dense(num_classes, activation="softmax"),
     ])
+
+
+def build(tf, num_classes: int = 5):
+    model = original(tf.keras, 256, num_classes)
     model.compile(optimizer=tf.keras.optimizers.Adam(1e-3), loss="categorical_crossentropy",
                   metrics=["accuracy"])
     return model
 
 
 def main() -> None:
+    from common import median_spread  # (torch and Lightning: not needed for original())
+
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch-size", type=int, default=32)
