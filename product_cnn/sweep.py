@@ -28,7 +28,10 @@ class SweepReport(Callback):
         sweep_dir = Path(str(config.hydra.sweep.dir))
         if not sweep_dir.is_dir():
             return
-        write_cv_summary(sweep_dir)
+        try:
+            write_cv_summary(sweep_dir)
+        except (ValueError, KeyError, OSError) as err:  # the runs are kept; only the summary is missing
+            print(f"error: no cross-validation summary for {sweep_dir}: {err}", file=sys.stderr)
         failed = sorted((p for p in sweep_dir.glob(f"*/{ERROR_FILE}")), key=lambda p: (len(p.parent.name), p))
         if failed:
             for path in failed:
