@@ -83,6 +83,9 @@ def read_keras(path: str | Path) -> tuple[list[KerasLayer], list[int] | None]:
             with h5py.File(path, "r") as h5:
                 if "model_config" in h5.attrs:
                     return _read_legacy_h5(h5, path)
+                if "layer_names" in h5.attrs:  # Keras 2's save_weights("x.h5")
+                    return _weights_only(_legacy_weights(h5, [_text(n) for n in h5.attrs["layer_names"]]),
+                                         path), None
                 if "layers" in h5:
                     return _read_keras3(None, path, path)
                 raise KerasImportError(f"{path} is an HDF5 file but not a Keras model or weights file")
@@ -124,7 +127,12 @@ def _read_keras3(config: dict[str, Any] | None, weights: Any,
         layers = [KerasLayer(c["config"]["name"], c["class_name"], c["config"],
                              stored.get(c["config"]["name"], [])) for c in layer_configs]
         return layers, shape
-    # weights only: the layer kinds come from the names Keras gave them, in creation order
+    return _weights_only(stored, path), None
+
+
+def _weights_only(stored: dict[str, list[np.ndarray]], path: Path) -> list[KerasLayer]:
+    """The 9 weighted layers of a file without a model config: kinds and order from the layer
+    names Keras gives (``conv2d``, ``conv2d_1``, ... in creation order, also ``conv2d_46``...)."""
     kinds = {"conv2d": "Conv2D", "batch_normalization": "BatchNormalization", "dense": "Dense"}
     found = []
     for name, values in stored.items():
@@ -143,27 +151,36 @@ def _read_keras3(config: dict[str, Any] | None, weights: Any,
     if (len(conv), len(bn), len(dense)) != (2, 4, 3):
         raise KerasImportError(f"{path} holds {len(conv)} convolution, {len(bn)} BatchNorm and {len(dense)} "
                                "dense layers; the original network has 2, 4 and 3")
-    return [conv[0], bn[0], conv[1], bn[1], dense[0], bn[2], dense[1], bn[3], dense[2]], None
+    return [conv[0], bn[0], conv[1], bn[1], dense[0], bn[2], dense[1], bn[3], dense[2]]
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _legacy_weights(group: Any, names: list[str]) -> dict[str, list[np.ndarray]]:
+    """Layer name -> weights in Keras' build order, from the legacy HDF5 layout (``weight_names``)."""
+    out = {}
+    for name in names:
+        values = {}
+        if name in group:
+            for weight_name in group[name].attrs.get("weight_names", []):
+                weight_name = _text(weight_name)
+                key = weight_name.rsplit("/", 1)[-1].split(":")[0]  # ".../conv2d/kernel:0" -> kernel
+                values[key] = np.asarray(group[name][weight_name])
+        order = next((names_ for names_ in WEIGHT_NAMES.values() if set(names_) == set(values)), ())
+        out[name] = [values[k] for k in order]
+    return out
 
 
 def _read_legacy_h5(h5: Any, path: Path) -> tuple[list[KerasLayer], list[int] | None]:
     """The HDF5 format of ``model.save("x.h5")`` (Keras 2, and Keras 3's legacy writer)."""
     config = json.loads(h5.attrs["model_config"])
     layer_configs, shape = _layer_configs(config, path)
-    group = h5["model_weights"]
-    layers = []
-    for c in layer_configs:
-        name = c["config"]["name"]
-        values = {}
-        if name in group:
-            for weight_name in group[name].attrs.get("weight_names", []):
-                weight_name = weight_name.decode() if isinstance(weight_name, bytes) else weight_name
-                key = weight_name.rsplit("/", 1)[-1].split(":")[0]  # ".../conv2d/kernel:0" -> kernel
-                values[key] = np.asarray(group[name][weight_name])
-        order = WEIGHT_NAMES.get(c["class_name"], ())
-        weights = [values[k] for k in order if k in values]
-        layers.append(KerasLayer(name, c["class_name"], c["config"], weights))
-    return layers, shape
+    names = [c["config"]["name"] for c in layer_configs]
+    weights = _legacy_weights(h5["model_weights"], names)
+    return [KerasLayer(c["config"]["name"], c["class_name"], c["config"], weights[c["config"]["name"]])
+            for c in layer_configs], shape
 
 
 def check_original(layers: Sequence[KerasLayer], path: str | Path) -> list[KerasLayer]:

@@ -52,6 +52,21 @@ def test_a_weights_only_file_imports_with_the_size_inferred(expected, tmp_path):
     assert np.abs(_probabilities(ckpt, images) - probs).max() < 1e-5
 
 
+def test_a_keras2_weights_only_file_imports_too(expected, tmp_path):
+    """Keras 2's save_weights("x.h5"): the legacy layer groups at the root, no model config."""
+    import h5py
+
+    images, probs = expected
+    with h5py.File(FIXTURES / "mirror64_keras2.h5") as source, h5py.File(tmp_path / "w2.h5", "w") as target:
+        weights = source["model_weights"]
+        for name in weights:
+            weights.copy(weights[name], target, name=name)
+        for key, value in weights.attrs.items():
+            target.attrs[key] = value
+    ckpt = import_keras(tmp_path / "w2.h5", tmp_path / "w2.ckpt", NAMES)
+    assert np.abs(_probabilities(ckpt, images) - probs).max() < 1e-5
+
+
 def test_the_imported_checkpoint_works_with_eval_predict_export_and_train(expected, tmp_path):
     from product_cnn.export import export
     from product_cnn.tasks import evaluate, train
