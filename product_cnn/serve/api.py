@@ -45,7 +45,6 @@ class ClassifierAPI(ls.LitAPI):
         self.max_files, self.max_bytes, self.api_key = max_files, max_bytes, api_key
 
     def setup(self, device: str) -> None:
-        torch.set_num_threads(max(1, torch.get_num_threads()))
         self.backend = load_backend(self.info.backend, self.ckpt_path, self.onnx_path, device)
 
     def authorize(self, request: Request) -> None:
