@@ -7,10 +7,10 @@ once with dynamic batching (``max_batch_size=8``) and once without (``max_batch_
 for each number of concurrent clients sends ``--requests`` single-photo requests (each client a
 thread with its own connection), printing images/s and p50/p95/p99 latency. The baselines, on the
 same machine and photos: ``Predictor.predict`` over the files (decoding included, batch 32) and
-one photo's compute time (already decoded, batch 1). Then ``--soak`` mixed requests, a tenth of
-them bad (random bytes, truncated JPEGs, empty files): counts 5xx answers, answers that do not
-match their photo's offline prediction, and the server's resident memory (all its processes)
-after the first 500 requests and at the end.
+one photo's compute time (already decoded, batch 1) and the time to decode one upload. Then
+``--soak`` mixed requests, a tenth of them bad (random bytes, truncated JPEGs, empty files):
+counts 5xx answers, answers that do not match their photo's offline prediction, and the server's
+resident memory (all its processes) after the first 500 requests and at the end.
 """
 
 from __future__ import annotations
@@ -193,8 +193,15 @@ def main() -> None:
         predictor.probabilities(one)
         single.append(time.perf_counter() - begin)
     compute = statistics.median(single)
+    decode = []
+    for _, data in photos[:100]:
+        begin = time.perf_counter()
+        load_image(data, predictor.image_size)
+        decode.append(time.perf_counter() - begin)
+    decode_ms = 1000 * statistics.median(decode)
     print(f"offline Predictor.predict (decoding included, batch 32): {offline_rate:.1f} img/s; "
-          f"one photo's compute (decoded, batch 1): {1000 * compute:.1f} ms", flush=True)
+          f"one photo's compute (decoded, batch 1): {1000 * compute:.1f} ms; "
+          f"decoding one upload (median of {len(decode)}): {decode_ms:.1f} ms", flush=True)
 
     workdir = Path(os.environ.get("TMPDIR", "/tmp")) / f"serve_load_{os.getpid()}"
     workdir.mkdir(parents=True, exist_ok=True)
@@ -215,7 +222,8 @@ def main() -> None:
         finally:
             stop(proc)
     print(f"goals: at 32 clients >= 80% of offline; at 1 client p95 <= 2x one photo's compute "
-          f"({2000 * compute:.1f} ms)", flush=True)
+          f"({2000 * compute:.1f} ms; with decoding, 2x is {2 * (1000 * compute + decode_ms):.1f} ms)",
+          flush=True)
 
 
 if __name__ == "__main__":
