@@ -102,6 +102,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     tune_malloc()
     check_accelerator(cfg.trainer)
     ckpt_path, resumed = resolve_resume(cfg)
+    tta = check_tta(cfg.get("tta", "none"))  # the final test's; checked before training
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     datamodule: ProductDataModule = instantiate(cfg.data, _convert_="all")
@@ -134,6 +135,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         # EMA (weight averaging) puts the raw weights back when a checkpoint is loaded, to resume
         # training; the test must see the averaged ones, which were validated and saved
         trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, WeightAveraging)]
+        model.tta = tta
         results = trainer.test(model, datamodule=datamodule, ckpt_path=best_path or None, weights_only=True)
         metrics.update(results[0] if results else {})
         log.info("Test: %s", _format_metrics({k: v for k, v in metrics.items() if k.startswith("test/")}))
