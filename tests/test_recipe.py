@@ -82,3 +82,21 @@ def test_flip_tta_in_eval_reports_tta_metrics(tiny_run, tmp_path):
 
     with pytest.raises(ProductCNNError, match="tta='rotate' is not one of none, flip"):
         evaluate(compose_cfg("eval", [*overrides, "tta=rotate"], tmp_path / "c", tmp_path / "c"))
+
+
+def test_flip_tta_in_train_tests_like_eval(train_cfg, tree_factory, tmp_path):
+    from product_cnn.errors import ProductCNNError
+
+    root = tree_factory({"Bags": 8, "Cups": 8, "Pens": 8})
+    bad = train_cfg("data=folder", f"data.root={root}", "tta=rotate")
+    with pytest.raises(ProductCNNError, match="tta='rotate' is not one of none, flip"):
+        train(bad)
+    assert not Path(bad.paths.output_dir, "checkpoints").exists()  # refused before training
+    cfg = train_cfg("data=folder", f"data.root={root}", "trainer.max_epochs=2", "tta=flip")
+    metrics = train(cfg)
+    best = next(Path(cfg.paths.output_dir, "checkpoints").glob("epoch_*.ckpt"))
+    overrides = ["trainer.accelerator=cpu", f"ckpt_path={best}"]
+    plain = evaluate(compose_cfg("eval", overrides, tmp_path / "a", tmp_path / "c"))
+    flip = evaluate(compose_cfg("eval", [*overrides, "tta=flip"], tmp_path / "b", tmp_path / "c"))
+    assert metrics["test/loss"] == pytest.approx(flip["test/loss"], rel=1e-5)
+    assert metrics["test/loss"] != pytest.approx(plain["test/loss"], rel=1e-6)
