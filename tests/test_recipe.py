@@ -20,6 +20,7 @@ RECIPE = {
     "all": ["model=resnet18", "data.image_size=32", "model.optimizer._target_=torch.optim.AdamW",
             "model.schedule=onecycle", "model.label_smoothing=0.1", "data.mixup_alpha=0.2",
             "data.augment=light"],
+    "preset_slash5": ["experiment=slash5", "data.image_size=32"],
 }
 
 

@@ -85,6 +85,7 @@ def test_eval_on_a_shop_folder_tests_every_photo_with_classes_matched_by_name(tr
      for group in ("data", "model", "trainer", "logger", "callbacks", "debug")
      for option in sorted((CONF_DIR / group).glob("*.yaml"))]
     + [("train", ["experiment=original"]), ("train", ["experiment=finetune", "data.root=/x"]),
+       ("train", ["experiment=slash5"]),
        ("eval", ["ckpt_path=x.ckpt"])],
 )
 def test_every_config_option_composes(config, overrides):
@@ -95,6 +96,9 @@ def test_every_config_option_composes(config, overrides):
     assert cfg.trainer._target_.startswith("lightning")
     if overrides == ["experiment=original"]:
         assert (cfg.trainer.max_epochs, cfg.data.batch_size, cfg.model.optimizer.eps) == (50, 32, 1e-7)
+    if overrides == ["experiment=slash5"]:  # the preset measured in docs/models.md
+        preset = (cfg.model.arch, cfg.data.image_size, cfg.model.schedule, cfg.tta)
+        assert preset == ("resnet18", 160, "onecycle", "flip")
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
