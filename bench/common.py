@@ -16,6 +16,19 @@ import torch.nn.functional as F
 
 from product_cnn.model import KerasCNN
 
+SLASH5 = Path(__file__).resolve().parents[2] / "shared" / "data" / "slash5"  # the real photos, if present
+
+
+def photo_files(folder: Path) -> list[str]:
+    """Every photo under ``folder`` (the project's own image search), or exit with one line."""
+    from product_cnn.data.folder import find_images
+
+    images, _ = find_images(folder)
+    if not images:
+        raise SystemExit(f"error: no photos in {folder}")
+    return images
+
+
 # Forward FLOPs of one 256x256 image (multiply-adds counted as 2): conv1, conv2, dense layers.
 FORWARD_GFLOP = (251 * 251 * 64 * 6 * 6 * 3 * 2 + 123 * 123 * 16 * 3 * 3 * 64 * 2
                  + 59536 * 64 * 2 + 64 * 16 * 2 + 16 * 5 * 2) / 1e9

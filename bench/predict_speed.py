@@ -19,13 +19,10 @@ import time
 from pathlib import Path
 
 import torch
-from common import machine, median_spread
+from common import SLASH5, machine, median_spread, photo_files
 
-from product_cnn.data.folder import find_images
 from product_cnn.data.images import load_image
 from product_cnn.predict import Predictor
-
-SLASH5 = Path(__file__).resolve().parents[2] / "shared" / "data" / "slash5"
 
 
 def timed(fn, repeats: int) -> list[float]:
@@ -47,9 +44,7 @@ def main() -> None:
     parser.add_argument("--workers", default="0,1")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    images, _ = find_images(args.photos)
-    if not images:
-        raise SystemExit(f"error: no photos in {args.photos}")
+    images = photo_files(args.photos)
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     workers = [int(w) for w in args.workers.split(",")]
     print(f"# {machine()}; {len(images)} photos from {args.photos}; checkpoint {args.ckpt.name}", flush=True)

@@ -28,14 +28,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-from common import machine
+from common import SLASH5, machine, photo_files
 
-from product_cnn.data.folder import find_images
 from product_cnn.data.images import load_image
 from product_cnn.predict import Predictor
 
 REPO = Path(__file__).resolve().parents[1]
-SLASH5 = REPO.parent / "shared" / "data" / "slash5"
 
 
 def free_port() -> int:
@@ -173,9 +171,7 @@ def main() -> None:
     parser.add_argument("--batching", choices=("both", "on", "off"), default="both")
     parser.add_argument("--soak", type=int, default=5000, help="mixed requests after the load runs (0: none)")
     args = parser.parse_args()
-    images, _ = find_images(args.photos)
-    if not images:
-        raise SystemExit(f"error: no photos in {args.photos}")
+    images = photo_files(args.photos)
     photos = [(Path(p), Path(p).read_bytes()) for p in images]
     print(f"# {machine()}; {len(photos)} photos from {args.photos}", flush=True)
 

@@ -28,6 +28,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from common import (
+    SLASH5,
     TRAIN_GFLOP,
     StepTimer,
     fixed_batch,
@@ -45,7 +46,6 @@ from product_cnn.data.images import to_unit_float
 from product_cnn.module import ProductClassifier
 from product_cnn.runtime import tune_malloc
 
-SLASH5 = Path(__file__).resolve().parents[2] / "shared" / "data" / "slash5"
 VARIANTS = {  # name: (channels_last, bf16, compile)
     "fp32": (False, False, False),
     "channels_last": (True, False, False),
