@@ -95,9 +95,10 @@ def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextMana
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
-def make_net(device: torch.device, channels_last: bool, compile: bool, size: int = 256) -> KerasCNN:
+def make_net(device: torch.device, channels_last: bool, compile: bool, size: int = 256,
+             fused: bool = True) -> KerasCNN:
     torch.manual_seed(0)
-    net = KerasCNN(num_classes=5, image_size=size).to(device)
+    net = KerasCNN(num_classes=5, image_size=size, fused_block=fused).to(device)
     if channels_last:
         net.to(memory_format=torch.channels_last)
     if compile:
@@ -123,13 +124,13 @@ def timed_rates(step: Callable[[], None], device: torch.device, batch: int, step
 
 def plain_loop(device: torch.device, images: torch.Tensor, labels: torch.Tensor, *,
                channels_last: bool, bf16: bool, compile: bool, steps: int, repeats: int,
-               warmup: int) -> tuple[list[float], list[float]]:
+               warmup: int, fused: bool = True) -> tuple[list[float], list[float]]:
     """Training and inference img/s of a hand-written loop over one fixed uint8 batch.
 
     The loop does what a minimal script would: uint8 -> float in [0, 1], forward, cross-entropy,
     backward, Adam step. Nothing else: no metrics, no logging, no data loading.
     """
-    net = make_net(device, channels_last, compile, images.shape[-1])
+    net = make_net(device, channels_last, compile, images.shape[-1], fused)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3, eps=1e-7)
     images, labels = images.to(device), labels.to(device)

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from product_cnn.data.images import ImageSize, image_hw
+from product_cnn.fused_block import can_fuse, relu_batchnorm_maxpool
 
 KERAS_BN_EPS = 1e-3
 KERAS_BN_MOMENTUM = 0.01  # PyTorch counts momentum the other way round: Keras 0.99 -> 0.01
@@ -32,6 +33,10 @@ class KerasCNN(nn.Module):
     """Conv(64, 6x6) -> BN -> pool -> Conv(16, 3x3) -> BN -> pool -> Dense 64 -> 16 -> classes.
 
     Takes a float batch ``(N, 3, H, W)`` in [0, 1] and returns logits ``(N, num_classes)``.
+    With ``fused_block`` (the default) eager training on CPU runs the first block's ReLU,
+    BatchNorm and max-pool as one autograd function (product_cnn/fused_block.py): the same
+    results and parameters with fewer passes over the largest activations. A compiled network
+    (``torch.compile``) and every other case run the layers as they are.
     """
 
     def __init__(
@@ -39,8 +44,10 @@ class KerasCNN(nn.Module):
         num_classes: int = 5,
         image_size: ImageSize = 256,
         dropout: float = 0.1,
+        fused_block: bool = True,
     ) -> None:
         super().__init__()
+        self.fused_block = fused_block
         if num_classes < 2:
             raise ValueError(f"num_classes must be at least 2, got {num_classes}")
         fh, fw = feature_map_size(image_size)
@@ -79,7 +86,13 @@ class KerasCNN(nn.Module):
                 module.reset_parameters()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.flatten(self.features(x)))
+        f = self.features
+        if self.fused_block and self.training and not torch.compiler.is_compiling():
+            c = f[0](x)
+            if can_fuse(f[2], c):
+                return self.classifier(self.flatten(f[4:](relu_batchnorm_maxpool(c, f[2]))))
+            return self.classifier(self.flatten(f[1:](c)))
+        return self.classifier(self.flatten(f(x)))
 
     def keras_layers(self) -> list[tuple[str, str, tuple[nn.Module, ...]]]:
         """The original's Keras layers, in order: (Keras name, Keras class, our modules).
