@@ -71,7 +71,7 @@ def can_fuse(bn: nn.Module, c: torch.Tensor) -> bool:
 
 
 def relu_batchnorm_maxpool(c: torch.Tensor, bn: nn.BatchNorm2d) -> torch.Tensor:
-    """``MaxPool2d(2)(bn(relu(c)))`` in training mode, with fewer passes over ``c``'s size.
+    """``MaxPool2d(2)(bn(relu(c)))`` in training mode, without a full-size BatchNorm output.
 
     Only valid where :func:`can_fuse` says so. Updates ``bn``'s running statistics and
     ``num_batches_tracked`` exactly as ``bn``'s own forward pass does.

@@ -35,8 +35,9 @@ class KerasCNN(nn.Module):
     Takes a float batch ``(N, 3, H, W)`` in [0, 1] and returns logits ``(N, num_classes)``.
     With ``fused_block`` (the default) eager training on CPU runs the first block's ReLU,
     BatchNorm and max-pool as one autograd function (product_cnn/fused_block.py): the same
-    results and parameters with fewer passes over the largest activations. A compiled network
-    (``torch.compile``) and every other case run the layers as they are.
+    results and parameters, with the full-size BatchNorm output never written or kept for the
+    backward pass. A compiled network (``torch.compile``) and every other case run the layers
+    as they are.
     """
 
     def __init__(
