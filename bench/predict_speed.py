@@ -23,6 +23,7 @@ from common import SLASH5, machine, median_spread, photo_files
 
 from product_cnn.data.images import load_image
 from product_cnn.predict import Predictor
+from product_cnn.runtime import tune_malloc
 
 
 def timed(fn, repeats: int) -> list[float]:
@@ -44,6 +45,7 @@ def main() -> None:
     parser.add_argument("--workers", default="0,1")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    tune_malloc()  # as predict.py does
     images = photo_files(args.photos)
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     workers = [int(w) for w in args.workers.split(",")]

@@ -32,6 +32,7 @@ from common import SLASH5, machine, photo_files
 
 from product_cnn.data.images import load_image
 from product_cnn.predict import Predictor
+from product_cnn.runtime import tune_malloc
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -175,6 +176,7 @@ def main() -> None:
     photos = [(Path(p), Path(p).read_bytes()) for p in images]
     print(f"# {machine()}; {len(photos)} photos from {args.photos}", flush=True)
 
+    tune_malloc()  # the offline baseline as predict.py runs it (the server's workers tune their own)
     predictor = Predictor.from_checkpoint(args.ckpt, device="cpu", batch_size=32)
     predictor.predict(images[:32])  # warm-up
     begin = time.perf_counter()

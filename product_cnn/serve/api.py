@@ -19,6 +19,7 @@ import torch
 from fastapi import HTTPException, Request
 from fastapi.responses import JSONResponse
 
+from product_cnn.runtime import tune_malloc
 from product_cnn.serve.backends import ModelInfo, load_backend
 from product_cnn.serve.uploads import BadRequest, Photos, decode_photos, read_request
 
@@ -45,6 +46,7 @@ class ClassifierAPI(ls.LitAPI):
         self.max_files, self.max_bytes, self.api_key = max_files, max_bytes, api_key
 
     def setup(self, device: str) -> None:
+        tune_malloc()  # in the worker process, where the network runs (as predict.py does)
         self.backend = load_backend(self.info.backend, self.ckpt_path, self.onnx_path, device)
 
     def authorize(self, request: Request) -> None:
