@@ -47,6 +47,7 @@ def compose_cfg(config_name: str, overrides: list[str], output_dir: Path, cache_
 
 FAST = [  # small images, one CPU process, no progress bar: seconds per epoch
     "trainer.accelerator=cpu",
+    "trainer.precision=32-true",  # the same arithmetic on every CI machine (auto: test_precision.py)
     "data.image_size=64",
     "data.batch_size=8",
     "data.num_workers=0",

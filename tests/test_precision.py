@@ -36,3 +36,14 @@ def test_auto_reaches_the_trainer(train_cfg, tree_factory, monkeypatch, caplog):
     with caplog.at_level(logging.INFO, logger="product_cnn.trainer"):
         train(train_cfg("data=folder", f"data.root={root}", "debug=fdr", "trainer.precision=auto"))
     assert "Precision 32-true: the CPU has no native bf16" in caplog.text
+
+
+def test_the_default_is_auto_and_the_original_run_stays_fp32(tmp_path):
+    from product_cnn.config import compose_config
+
+    def precision(*overrides: str) -> str:
+        return compose_config("train", list(overrides), tmp_path / "run").trainer.precision
+
+    assert precision() == "auto"
+    assert precision("experiment=original") == "32-true"
+    assert precision("trainer.precision=32-true") == "32-true"
