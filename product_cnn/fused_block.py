@@ -59,15 +59,29 @@ class _ReluBatchNormPool(torch.autograd.Function):
         return grad_c, grad_weight, grad_bias, None, None, None, None
 
 
-def can_fuse(bn: nn.Module, c: torch.Tensor) -> bool:
-    """Whether :func:`relu_batchnorm_maxpool` computes what the ordinary layers would, here.
+def _hooked(module: nn.Module) -> bool:
+    """Whether a forward hook would see this module run (its own hooks or global ones)."""
+    from torch.nn.modules import module as hooks
 
-    Training-mode ``nn.BatchNorm2d`` (not SyncBatchNorm) with running statistics and a
-    momentum, a CPU tensor (the only device it was measured on), and every ``gamma > 0``.
+    return bool(module._forward_hooks or module._forward_pre_hooks
+                or hooks._global_forward_hooks or hooks._global_forward_pre_hooks)
+
+
+def can_fuse(layers: nn.Sequential, c: torch.Tensor) -> bool:
+    """Whether :func:`relu_batchnorm_maxpool` computes what ``layers`` (ReLU, BatchNorm2d,
+    MaxPool2d(2)) would on ``c``, here.
+
+    A training-mode ``nn.BatchNorm2d`` (not SyncBatchNorm) with running statistics and a
+    momentum, a CPU tensor (the only device it was measured on), every ``gamma > 0``, and no
+    forward hook on the layers (a hook expects its layer to run).
     """
-    return (type(bn) is nn.BatchNorm2d and bn.training and bn.track_running_stats
-            and bn.running_mean is not None and bn.momentum is not None and bn.affine
-            and c.device.type == "cpu" and c.dim() == 4 and bool((bn.weight > 0).all()))
+    relu, bn, pool = layers
+    return (isinstance(relu, nn.ReLU) and type(bn) is nn.BatchNorm2d and isinstance(pool, nn.MaxPool2d)
+            and pool.kernel_size in (2, (2, 2)) and pool.stride in (2, (2, 2), None)
+            and pool.padding in (0, (0, 0)) and pool.dilation in (1, (1, 1)) and not pool.ceil_mode
+            and bn.training and bn.track_running_stats and bn.running_mean is not None
+            and bn.momentum is not None and bn.affine and c.device.type == "cpu" and c.dim() == 4
+            and not any(_hooked(m) for m in layers) and bool((bn.weight > 0).all()))
 
 
 def relu_batchnorm_maxpool(c: torch.Tensor, bn: nn.BatchNorm2d) -> torch.Tensor:

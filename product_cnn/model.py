@@ -90,7 +90,7 @@ class KerasCNN(nn.Module):
         f = self.features
         if self.fused_block and self.training and not torch.compiler.is_compiling():
             c = f[0](x)
-            if can_fuse(f[2], c):
+            if can_fuse(f[1:4], c):
                 return self.classifier(self.flatten(f[4:](relu_batchnorm_maxpool(c, f[2]))))
             return self.classifier(self.flatten(f[1:](c)))
         return self.classifier(self.flatten(f(x)))

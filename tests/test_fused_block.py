@@ -43,7 +43,7 @@ def _input(dtype=torch.float32, channels_last=False, size=64, n=6):
 def test_float64_equals_the_layers_to_rounding():
     fused, layers = _pair(torch.float64)
     x = _input(torch.float64)
-    assert can_fuse(fused.features[2], fused.features[0](x))  # the fused path is the one tested
+    assert can_fuse(fused.features[1:4], fused.features[0](x))  # the fused path is the one tested
     (yf, gf, sf), (yl, gl, sl) = _step(fused, x), _step(layers, x)
     torch.testing.assert_close(yf, yl, rtol=1e-12, atol=1e-12)
     for k in gl:
@@ -88,7 +88,7 @@ def test_a_negative_batchnorm_scale_runs_the_layers_bit_for_bit():
         with torch.no_grad():
             net.features[2].weight[7] = -0.5  # max-pool would need a minimum here
     x = _input()
-    assert not can_fuse(fused.features[2], fused.features[0](x))
+    assert not can_fuse(fused.features[1:4], fused.features[0](x))
     (yf, gf, _), (yl, gl, _) = _step(fused, x), _step(layers, x)
     assert torch.equal(yf, yl)
     assert all(torch.equal(gf[k], gl[k]) for k in gl)
@@ -117,3 +117,14 @@ def test_with_the_epoch_batchnorm_statistics_callback():
                                rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(fused.features[2].running_mean, layers.features[2].running_mean,
                                rtol=1e-5, atol=1e-6)
+
+
+def test_a_forward_hook_on_the_layers_sees_them_run():
+    """Tools that hook a layer (activation statistics, feature extraction) get what they expect."""
+    fused, _ = _pair()
+    seen = []
+    fused.features[2].register_forward_pre_hook(lambda module, args: seen.append(args[0].shape))
+    x = _input()
+    assert not can_fuse(fused.features[1:4], fused.features[0](x))
+    fused(x)
+    assert seen == [torch.Size([6, 64, 59, 59])]
