@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import zipfile
 from pathlib import Path
@@ -20,6 +21,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     Raises :class:`CheckpointError` naming the file when it is missing, truncated, carries
     code instead of data, or is not a product-cnn checkpoint.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise CheckpointError(f"ckpt_path must be one checkpoint file here, not {list(path)}: several "
+                              "checkpoints (an ensemble) are for predict.py")
     path = Path(path).expanduser()
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")

@@ -32,6 +32,7 @@ import torch
 from omegaconf import OmegaConf
 
 from product_cnn.atomic import write_text
+from product_cnn.errors import DataError
 from product_cnn.reports import (
     PREDICTIONS_FILE,
     build_report,
@@ -98,8 +99,6 @@ def _mean_sd(values: list[float]) -> dict[str, float]:
 
 def summarize(runs: list[FoldRun]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The summary dict and the out-of-fold rows of one setting's fold runs."""
-    from product_cnn.module import report_metrics  # torchmetrics; imported only when summarising
-
     done = [r for r in runs if r.ok]
     folds = max(r.folds for r in runs)
     names: list[str] = done[0].metrics["class_names"] if done else []
@@ -129,13 +128,74 @@ def summarize(runs: list[FoldRun]) -> tuple[dict[str, Any], list[dict[str, Any]]
     }
     oof = [{**row, "fold": r.fold} for r in sorted(done, key=lambda r: r.fold) for row in r.rows]
     if oof:
-        columns = prediction_columns(names)
-        probs = torch.tensor([[float(row[c]) for c in columns] for row in oof])
-        labels = torch.tensor([names.index(row["label"]) for row in oof])
-        metrics = report_metrics(len(names))
-        metrics.update(probs, labels)
-        summary["pooled"] = build_report(metrics.compute(), names)
+        summary["pooled"] = _report(oof, names)
     return summary, oof
+
+
+def _report(rows: list[dict[str, Any]], names: list[str],
+            probs: torch.Tensor | None = None) -> dict[str, Any]:
+    """The classification report of prediction rows (their probability columns unless ``probs``)."""
+    from product_cnn.module import report_metrics  # torchmetrics; imported only when summarising
+
+    if probs is None:
+        probs = torch.tensor([[float(row[c]) for c in prediction_columns(names)] for row in rows])
+    labels = torch.tensor([names.index(row["label"]) for row in rows])
+    metrics = report_metrics(len(names))
+    metrics.update(probs, labels)
+    return build_report(metrics.compute(), names)
+
+
+def ensemble_summary(sweeps: list[str | Path]) -> dict[str, Any]:
+    """What averaging the probabilities of several k-fold sweeps' models would have scored.
+
+    Each sweep folder holds an ``oof_predictions.csv`` (:func:`write_cv_summary`) over the same
+    photos, folds and classes; every photo's probabilities are averaged over the sweeps, so each
+    is still predicted only by models that did not train on it. Returns a summary with the
+    keys of :func:`summarize` that describe results (per fold, mean +- sd, pooled).
+    """
+    tables = []
+    for sweep in map(Path, sweeps):
+        path = sweep / "oof_predictions.csv"
+        if not path.is_file():
+            raise DataError(f"no oof_predictions.csv in {sweep}: give the folder of one setting's summary")
+        with path.open(newline="") as handle:
+            tables.append({row["path"]: row for row in csv.DictReader(handle)})
+    names = [c.removeprefix("prob_") for c in next(iter(tables[0].values())) if c.startswith("prob_")]
+    first = tables[0]
+    for sweep, table in zip(sweeps[1:], tables[1:], strict=True):
+        if set(table) != set(first):
+            raise DataError(f"{sweep} predicted other photos than {sweeps[0]}: not the same data or folds")
+        moved = [p for p in first
+                 if (table[p]["label"], table[p]["fold"]) != (first[p]["label"], first[p]["fold"])]
+        if moved:
+            raise DataError(f"{sweep} has {moved[0]} in another fold or class than {sweeps[0]}")
+        if [c.removeprefix("prob_") for c in next(iter(table.values())) if c.startswith("prob_")] != names:
+            raise DataError(f"{sweep} was trained on other classes than {sweeps[0]}")
+    rows = [first[p] for p in sorted(first)]
+    columns = prediction_columns(names)
+    probs = torch.stack([torch.tensor([[float(t[r["path"]][c]) for c in columns] for r in rows])
+                         for t in tables]).mean(0)
+    folds = sorted({int(r["fold"]) for r in rows})
+    per_fold = []
+    for k in folds:
+        index = [i for i, r in enumerate(rows) if int(r["fold"]) == k]
+        report = _report([rows[i] for i in index], names, probs[index])
+        per_fold.append({"fold": k, "test_photos": len(index), "accuracy": report["accuracy"],
+                         "macro_f1": report["macro"]["f1"],
+                         "recall": {n: report["per_class"][n]["recall"] for n in names}})
+    return {
+        "setting": ["ensemble of", *map(str, sweeps)],
+        "class_names": names,
+        "folds": len(folds),
+        "completed": folds,
+        "per_fold": per_fold,
+        "mean_sd": {
+            "accuracy": _mean_sd([f["accuracy"] for f in per_fold]),
+            "macro_f1": _mean_sd([f["macro_f1"] for f in per_fold]),
+            "recall": {n: _mean_sd([f["recall"][n] for f in per_fold]) for n in names},
+        },
+        "pooled": _report(rows, names, probs),
+    }
 
 
 def _markdown(summary: dict[str, Any]) -> str:

@@ -36,6 +36,7 @@ from product_cnn.data.images import (
     pil_to_tensor,
     to_unit_float,
 )
+from product_cnn.ensemble import ProbabilityAverage, check_members, expand_checkpoints
 from product_cnn.errors import DataError, ImageLoadError
 from product_cnn.inference import fold_batchnorm
 
@@ -134,15 +135,24 @@ class Predictor:
         self.tta = tta
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "auto", batch_size: int = 32,
-                        num_workers: int = 0, tta: str = "none") -> Predictor:
-        """Load a training checkpoint safely (no pickled code runs)."""
+    def from_checkpoint(cls, path: str | Path | Sequence[str | Path], device: str = "auto",
+                        batch_size: int = 32, num_workers: int = 0, tta: str = "none") -> Predictor:
+        """Load a training checkpoint safely (no pickled code runs).
+
+        Several paths (or a glob pattern) make an ensemble: the mean of their probabilities (same classes and
+        image size required; see :mod:`product_cnn.ensemble`).
+        """
         from product_cnn.module import ProductClassifier, check_tta  # Lightning only needed here
 
         check_tta(tta)
-        checkpoint = read_checkpoint(path)
-        model = ProductClassifier.from_checkpoint_dict(checkpoint, name=f"checkpoint {path}")
-        return cls(fold_batchnorm(model.net), model.class_names, model.hparams.image_size, device, batch_size,
+        paths = expand_checkpoints(path)
+        models = [ProductClassifier.from_checkpoint_dict(read_checkpoint(p), name=f"checkpoint {p}")
+                  for p in paths]
+        check_members([f"checkpoint {p}" for p in paths], [m.class_names for m in models],
+                      [m.hparams.image_size for m in models])
+        nets = [fold_batchnorm(m.net) for m in models]
+        net = nets[0] if len(nets) == 1 else ProbabilityAverage(nets)
+        return cls(net, models[0].class_names, models[0].hparams.image_size, device, batch_size,
                    num_workers, tta)
 
     @torch.no_grad()

@@ -157,8 +157,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Test a saved checkpoint on its own test split or on another folder; return the metrics."""
     tune_malloc()
     check_accelerator(cfg.trainer)
+    checkpoint = read_checkpoint(cfg.ckpt_path)
     ckpt_path = str(Path(cfg.ckpt_path).expanduser())
-    checkpoint = read_checkpoint(ckpt_path)
     model = ProductClassifier.from_checkpoint_dict(checkpoint, name=f"checkpoint {ckpt_path}")
     model.tta = check_tta(cfg.get("tta", "none"))
     data_cfg = cfg.get("data")
@@ -203,7 +203,9 @@ def predict(cfg: DictConfig) -> int:
     files = expand_inputs(cfg.inputs)
     predictor = Predictor.from_checkpoint(cfg.ckpt_path, device=cfg.device, batch_size=cfg.batch_size,
                                           num_workers=cfg.num_workers, tta=cfg.get("tta", "none"))
-    log.info("Classifying %d file(s) with %s on %s", len(files), cfg.ckpt_path, predictor.device)
+    members = getattr(predictor.net, "nets", None)
+    model = f"an ensemble of {len(members)} checkpoints" if members is not None else cfg.ckpt_path
+    log.info("Classifying %d file(s) with %s on %s", len(files), model, predictor.device)
     predictions = predictor.predict(files, topk=cfg.topk, progress=len(files) > cfg.batch_size)
     output = write_predictions(predictions, cfg.output, cfg.topk)
     failed = [p for p in predictions if not p.ok]
