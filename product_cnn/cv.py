@@ -149,8 +149,9 @@ def ensemble_summary(sweeps: list[str | Path]) -> dict[str, Any]:
     """What averaging the probabilities of several k-fold sweeps' models would have scored.
 
     Each sweep folder holds an ``oof_predictions.csv`` (:func:`write_cv_summary`) over the same
-    photos, folds and classes; every photo's probabilities are averaged over the sweeps, so each
-    is still predicted only by models that did not train on it. Returns a summary with the
+    photos, folds and classes; the folds that every sweep completed count. Every photo's
+    probabilities are averaged over the sweeps, so each is still predicted only by models that
+    did not train on it. Returns a summary with the
     keys of :func:`summarize` that describe results (per fold, mean +- sd, pooled).
     """
     tables = []
@@ -161,6 +162,11 @@ def ensemble_summary(sweeps: list[str | Path]) -> dict[str, Any]:
         with path.open(newline="") as handle:
             tables.append({row["path"]: row for row in csv.DictReader(handle)})
     names = [c.removeprefix("prob_") for c in next(iter(tables[0].values())) if c.startswith("prob_")]
+    seen = [{row["fold"] for row in table.values()} for table in tables]
+    common, folds_in_split = set.intersection(*seen), 1 + max(int(k) for k in set.union(*seen))
+    if not common:
+        raise DataError(f"the sweeps {', '.join(map(str, sweeps))} have no fold in common")
+    tables = [{p: row for p, row in table.items() if row["fold"] in common} for table in tables]
     first = tables[0]
     for sweep, table in zip(sweeps[1:], tables[1:], strict=True):
         if set(table) != set(first):
@@ -186,7 +192,7 @@ def ensemble_summary(sweeps: list[str | Path]) -> dict[str, Any]:
     return {
         "setting": ["ensemble of", *map(str, sweeps)],
         "class_names": names,
-        "folds": len(folds),
+        "folds": folds_in_split,
         "completed": folds,
         "per_fold": per_fold,
         "mean_sd": {

@@ -131,3 +131,8 @@ def test_cv_ensemble_averages_out_of_fold_probabilities(tmp_path):
     _write_oof(tmp_path / "w", rows(0, 0.6)[:3], names)
     with pytest.raises(DataError, match="predicted other photos"):
         ensemble_summary([tmp_path / "x", tmp_path / "w"])
+    # a sweep that ran fold 1 only: the ensemble counts the common fold
+    _write_oof(tmp_path / "v", rows(1, 0.9)[2:], names)
+    partial = ensemble_summary([tmp_path / "x", tmp_path / "v"])
+    assert partial["completed"] == [1] and partial["pooled"]["num_samples"] == 2
+    assert [f["accuracy"] for f in partial["per_fold"]] == [1.0]
