@@ -128,8 +128,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     if cfg.get("test", True):
         best_path = best.best_model_path if best is not None else ""
-        if best_path:
+        if best_path and best.monitor:
             log.info("Testing the best checkpoint: %s", best_path)
+        elif best_path:
+            log.info("Testing the last epoch's checkpoint (model_checkpoint.monitor=null): %s", best_path)
+        elif not datamodule.split_samples.get("val"):
+            log.info("No validation photos (data.val_fraction=0): testing the weights of the last epoch")
         else:
             log.warning("No checkpoint was saved; testing the weights at the end of training")
         # EMA (weight averaging) puts the raw weights back when a checkpoint is loaded, to resume

@@ -41,6 +41,21 @@ def test_two_epochs_then_eval_reproduces_the_test_accuracy(train_cfg, tree_facto
     assert result["test/loss"] == pytest.approx(metrics["test/loss"], rel=1e-5)
 
 
+def test_without_validation_photos_the_last_epoch_is_saved_and_tested(train_cfg, tree_factory, caplog):
+    root = tree_factory({"Bags": 12, "Cups": 12, "Pens": 12})
+    cfg = train_cfg("data=folder", f"data.root={root}", "trainer.max_epochs=2", "data.val_fraction=0",
+                    "callbacks.model_checkpoint.monitor=null")
+    with caplog.at_level("INFO"):
+        metrics = train(cfg)
+    assert "val/acc" not in metrics and "test/acc" in metrics
+    checkpoints = Path(cfg.paths.output_dir) / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["epoch_001.ckpt", "last.ckpt"]  # epochs 0, 1
+    tested = torch.load(checkpoints / "epoch_001.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    last = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    assert all(torch.equal(tested[k], last[k]) for k in last)
+    assert "Testing the last epoch's checkpoint" in caplog.text
+
+
 def test_eval_refuses_data_with_other_classes(train_cfg, tree_factory, tmp_path):
     from product_cnn.errors import DataError
 
