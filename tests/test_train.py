@@ -112,8 +112,9 @@ def test_every_config_option_composes(config, overrides):
     if overrides == ["experiment=original"]:
         assert (cfg.trainer.max_epochs, cfg.data.batch_size, cfg.model.optimizer.eps) == (50, 32, 1e-7)
     if overrides == ["experiment=slash5"]:  # the preset measured in docs/models.md
-        preset = (cfg.model.arch, cfg.data.image_size, cfg.model.schedule, cfg.tta)
-        assert preset == ("resnet18", 160, "onecycle", "flip")
+        preset = (cfg.model.arch, cfg.data.image_size, cfg.model.schedule, cfg.tta, cfg.data.val_fraction,
+                  cfg.callbacks.model_checkpoint.monitor, cfg.trainer.precision)
+        assert preset == ("resnet18", 160, "onecycle", "flip", 0.0, None, "auto")
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
