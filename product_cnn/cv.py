@@ -151,8 +151,8 @@ def ensemble_summary(sweeps: list[str | Path]) -> dict[str, Any]:
     Each sweep folder holds an ``oof_predictions.csv`` (:func:`write_cv_summary`) over the same
     photos, folds and classes; the folds that every sweep completed count. Every photo's
     probabilities are averaged over the sweeps, so each is still predicted only by models that
-    did not train on it. Returns a summary with the
-    keys of :func:`summarize` that describe results (per fold, mean +- sd, pooled).
+    did not train on it. Returns the result keys of :func:`summarize` (per fold, mean +- sd,
+    pooled). Sweeps that do not fit together are refused with :class:`DataError`.
     """
     tables = []
     for sweep in map(Path, sweeps):

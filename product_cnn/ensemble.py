@@ -1,8 +1,8 @@
 """Several trained networks as one: the mean of their class probabilities.
 
 ``predict.py ckpt_path='[a.ckpt,b.ckpt]'``, or a glob pattern such as
-``'outputs/train/multirun/<sweep>/*/checkpoints/epoch_*.ckpt'`` (every fold's best checkpoint
-of a k-fold sweep), classifies with the average of the checkpoints' softmax outputs (see
+``'outputs/train/multirun_<date>/*/checkpoints/epoch_*.ckpt'`` (the checkpoint of every run
+of a sweep), classifies with the average of the checkpoints' softmax outputs (see
 :meth:`product_cnn.predict.Predictor.from_checkpoint`). The members must have been trained on
 the same class list and image size; anything else is refused in one line. What ensembles
 measured on slash5 is in docs/models.md.

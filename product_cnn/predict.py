@@ -139,8 +139,8 @@ class Predictor:
                         batch_size: int = 32, num_workers: int = 0, tta: str = "none") -> Predictor:
         """Load a training checkpoint safely (no pickled code runs).
 
-        Several paths (or a glob pattern) make an ensemble: the mean of their probabilities (same classes and
-        image size required; see :mod:`product_cnn.ensemble`).
+        Several paths (or a glob pattern) make an ensemble: the mean of their probabilities
+        (same classes and image size required; see :mod:`product_cnn.ensemble`).
         """
         from product_cnn.module import ProductClassifier, check_tta  # Lightning only needed here
 

@@ -201,14 +201,16 @@ def check_data(cfg: DictConfig) -> int:
 
 def predict(cfg: DictConfig) -> int:
     """Classify ``cfg.inputs`` with ``cfg.ckpt_path``, write CSV or JSON, return the failure count."""
+    from product_cnn.ensemble import ProbabilityAverage
     from product_cnn.predict import Predictor, expand_inputs, sort_into, write_predictions
 
     tune_malloc()
     files = expand_inputs(cfg.inputs)
     predictor = Predictor.from_checkpoint(cfg.ckpt_path, device=cfg.device, batch_size=cfg.batch_size,
                                           num_workers=cfg.num_workers, tta=cfg.get("tta", "none"))
-    members = getattr(predictor.net, "nets", None)
-    model = f"an ensemble of {len(members)} checkpoints" if members is not None else cfg.ckpt_path
+    net = predictor.net
+    ensemble = isinstance(net, ProbabilityAverage)
+    model = f"an ensemble of {len(net.nets)} checkpoints" if ensemble else cfg.ckpt_path
     log.info("Classifying %d file(s) with %s on %s", len(files), model, predictor.device)
     predictions = predictor.predict(files, topk=cfg.topk, progress=len(files) > cfg.batch_size)
     output = write_predictions(predictions, cfg.output, cfg.topk)
