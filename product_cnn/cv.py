@@ -97,6 +97,15 @@ def _mean_sd(values: list[float]) -> dict[str, float]:
             "sd": statistics.stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
 
 
+def _fold_means(per_fold: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
+    """Mean +- sd over the folds of accuracy, macro F1 and each class's recall."""
+    return {
+        "accuracy": _mean_sd([f["accuracy"] for f in per_fold]),
+        "macro_f1": _mean_sd([f["macro_f1"] for f in per_fold]),
+        "recall": {n: _mean_sd([f["recall"][n] for f in per_fold]) for n in names},
+    }
+
+
 def summarize(runs: list[FoldRun]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The summary dict and the out-of-fold rows of one setting's fold runs."""
     done = [r for r in runs if r.ok]
@@ -120,11 +129,7 @@ def summarize(runs: list[FoldRun]) -> tuple[dict[str, Any], list[dict[str, Any]]
                    for r in sorted(runs, key=lambda r: r.fold) if not r.ok],
         "missing": [k for k in range(folds) if k not in seen],
         "per_fold": per_fold,
-        "mean_sd": {
-            "accuracy": _mean_sd([f["accuracy"] for f in per_fold]),
-            "macro_f1": _mean_sd([f["macro_f1"] for f in per_fold]),
-            "recall": {n: _mean_sd([f["recall"][n] for f in per_fold]) for n in names},
-        },
+        "mean_sd": _fold_means(per_fold, names),
     }
     oof = [{**row, "fold": r.fold} for r in sorted(done, key=lambda r: r.fold) for row in r.rows]
     if oof:
@@ -195,11 +200,7 @@ def ensemble_summary(sweeps: list[str | Path]) -> dict[str, Any]:
         "folds": folds_in_split,
         "completed": folds,
         "per_fold": per_fold,
-        "mean_sd": {
-            "accuracy": _mean_sd([f["accuracy"] for f in per_fold]),
-            "macro_f1": _mean_sd([f["macro_f1"] for f in per_fold]),
-            "recall": {n: _mean_sd([f["recall"][n] for f in per_fold]) for n in names},
-        },
+        "mean_sd": _fold_means(per_fold, names),
         "pooled": _report(rows, names, probs),
     }
 
