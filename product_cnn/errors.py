@@ -24,3 +24,7 @@ class ImageLoadError(DataError):
 
 class CheckpointError(ProductCNNError):
     """A checkpoint is missing, truncated or belongs to another model or class list."""
+
+
+class SweepError(ProductCNNError):
+    """A sweep's own settings are wrong: every job would fail alike, so the whole sweep stops."""

@@ -26,7 +26,7 @@ from product_cnn.checkpoint import read_checkpoint
 from product_cnn.cv import ERROR_FILE, sweep_of, write_cv_summary
 from product_cnn.data.datamodule import ProductDataModule
 from product_cnn.data.folder import scan_tree
-from product_cnn.errors import ProductCNNError
+from product_cnn.errors import ProductCNNError, SweepError
 from product_cnn.module import ProductClassifier, check_tta
 from product_cnn.resume import check_resume_fits, resolve_resume
 from product_cnn.runtime import quiet_lightning, tune_malloc
@@ -41,7 +41,7 @@ def run(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
 
     Inside a multirun a failed job does not stop the sweep: its error is logged and left in
     the job folder's ``error.txt`` (named at the end of the sweep, see sweep.py), and the
-    result is None.
+    result is None; a :class:`SweepError` (every job would fail alike) stops the sweep.
     """
     quiet_lightning()
     if rank_zero_only.rank > 0:
@@ -56,7 +56,7 @@ def run(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     except (ProductCNNError, MissingMandatoryValue) as err:
         message = one_line(err)
         log.error(message)
-        if _in_multirun():
+        if _in_multirun() and not isinstance(err, SweepError):
             return _job_failed(message)
         print(f"error: {message}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -110,6 +110,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("summary_only"):  # the model's table for these classes, no data check, no training
         return _print_summary(cfg, scan_tree(datamodule.hparams.root, datamodule.hparams.classes).class_names)
     datamodule.setup("fit")
+    check_optimized_metric(cfg, has_val=bool(datamodule.split_samples.get("val")))
     extra = {}
     if datamodule.hparams.balance == "weighted_loss":
         extra["class_weights"] = datamodule.class_weights().tolist()
@@ -148,6 +149,25 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if resumed is not None and cfg.data.get("folds") and not _in_multirun() and sweep_of(out):
         write_cv_summary(sweep_of(out))  # a resumed fold: its sweep's summary counts it now
     return metrics
+
+
+def check_optimized_metric(cfg: DictConfig, has_val: bool) -> None:
+    """Refuse, before training, a metric that a searching sweeper (Optuna) optimises but this run
+    cannot log. Plain runs and grid sweeps (Hydra's basic sweeper) ignore ``optimized_metric``."""
+    metric = cfg.get("optimized_metric")
+    if not metric or not _in_multirun():
+        return
+    if HydraConfig.get().sweeper.get("_target_", "").endswith("BasicSweeper"):
+        return
+    fix = "data.val_fraction=0.2 callbacks.model_checkpoint.monitor=val/acc"
+    if metric.startswith("val/") and not has_val:
+        raise SweepError(f"optimized_metric={metric} needs validation photos, but this run has none "
+                              f"(data.val_fraction=0, as in experiment=slash5): add {fix}")
+    monitor = OmegaConf.select(cfg, "callbacks.model_checkpoint.monitor")
+    if metric.endswith("_best") and monitor != metric.removesuffix("_best"):
+        base = metric.removesuffix("_best")
+        raise SweepError(f"optimized_metric={metric} is the best {base} that model_checkpoint monitors, "
+                              f"but it monitors {monitor}: add callbacks.model_checkpoint.monitor={base}")
 
 
 def _print_summary(cfg: DictConfig, class_names: list[str]) -> dict[str, float]:

@@ -78,3 +78,19 @@ def test_optuna_sweep_runs_two_trials_and_maximises_val_acc(tmp_path):
     assert trials == ["0", "1"]
     best = max(json.loads((tmp_path / "sweep" / t / "metrics.json").read_text())["accuracy"] for t in trials)
     assert 0.0 <= best <= 1.0
+
+
+def test_optuna_sweep_of_a_preset_without_validation_photos_stops_before_training(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="needs the sweep extra")
+    root = make_tree(tmp_path / "photos", {"Bags": 8, "Cups": 8})
+    proc = _train(tmp_path, "hparams_search=optuna", "experiment=slash5", f"data.root={root}",
+                  "data.image_size=32", "trainer.max_epochs=1", "hydra.sweeper.n_trials=2",
+                  "hydra.sweeper.sampler.n_startup_trials=2", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                  multirun=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: optimized_metric=val/acc_best needs validation photos, but this run has none "
+        "(data.val_fraction=0, as in experiment=slash5): add data.val_fraction=0.2 "
+        "callbacks.model_checkpoint.monitor=val/acc")
+    assert not (tmp_path / "sweep" / "1").exists()  # the sweep stopped at its first trial
+    assert not list((tmp_path / "sweep").rglob("*.ckpt"))  # before training
