@@ -110,7 +110,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("summary_only"):  # the model's table for these classes, no data check, no training
         return _print_summary(cfg, scan_tree(datamodule.hparams.root, datamodule.hparams.classes).class_names)
     datamodule.setup("fit")
-    check_optimized_metric(cfg, has_val=bool(datamodule.split_samples.get("val")))
+    has_val = bool(datamodule.split_samples.get("val"))
+    check_optimized_metric(cfg, has_val)
     extra = {}
     if datamodule.hparams.balance == "weighted_loss":
         extra["class_weights"] = datamodule.class_weights().tolist()
@@ -120,7 +121,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         check_resume_fits(ckpt_path, resumed, model.hparams.arch, datamodule.class_names,
                           datamodule.hparams.root)
         model.check_weights_fit(resumed["state_dict"], f"checkpoint {ckpt_path}")
-    trainer = build_trainer(cfg)
+    trainer = build_trainer(cfg, validate=has_val)
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     best = trainer.checkpoint_callback
@@ -133,7 +134,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             log.info("Testing the best checkpoint: %s", best_path)
         elif best_path:
             log.info("Testing the last epoch's checkpoint (model_checkpoint.monitor=null): %s", best_path)
-        elif not datamodule.split_samples.get("val"):
+        elif not has_val:
             log.info("No validation photos (data.val_fraction=0): testing the weights of the last epoch")
         else:
             log.warning("No checkpoint was saved; testing the weights at the end of training")

@@ -59,8 +59,9 @@ def _resolve_precision(trainer_cfg: DictConfig) -> None:
             trainer_cfg.precision = precision
 
 
-def build_trainer(cfg: DictConfig) -> L.Trainer:
-    """``cfg.trainer`` with the callbacks and loggers of ``cfg.callbacks`` and ``cfg.logger``."""
+def build_trainer(cfg: DictConfig, validate: bool = True) -> L.Trainer:
+    """``cfg.trainer`` with the callbacks and loggers of ``cfg.callbacks`` and ``cfg.logger``;
+    ``validate=False`` (no validation photos) skips the validation loop."""
     check_accelerator(cfg.trainer)
     _no_sync_batchnorm_on_cpu(cfg.trainer)
     _resolve_precision(cfg.trainer)
@@ -68,4 +69,5 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
         cfg.trainer,
         callbacks=instantiate_group(cfg.get("callbacks")),
         logger=instantiate_group(cfg.get("logger")) or False,
+        **({} if validate else {"limit_val_batches": 0}),
     )

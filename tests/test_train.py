@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -45,9 +46,11 @@ def test_without_validation_photos_the_last_epoch_is_saved_and_tested(train_cfg,
     root = tree_factory({"Bags": 12, "Cups": 12, "Pens": 12})
     cfg = train_cfg("data=folder", f"data.root={root}", "trainer.max_epochs=2", "data.val_fraction=0",
                     "callbacks.model_checkpoint.monitor=null")
-    with caplog.at_level("INFO"):
+    with caplog.at_level("INFO"), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         metrics = train(cfg)
     assert "val/acc" not in metrics and "test/acc" in metrics
+    assert not [w for w in caught if "DataLoader" in str(w.message)]  # no empty validation loop
     checkpoints = Path(cfg.paths.output_dir) / "checkpoints"
     assert sorted(p.name for p in checkpoints.iterdir()) == ["epoch_001.ckpt", "last.ckpt"]  # epochs 0, 1
     tested = torch.load(checkpoints / "epoch_001.ckpt", map_location="cpu", weights_only=True)["state_dict"]
