@@ -163,12 +163,12 @@ def check_optimized_metric(cfg: DictConfig, has_val: bool) -> None:
     fix = "data.val_fraction=0.2 callbacks.model_checkpoint.monitor=val/acc"
     if metric.startswith("val/") and not has_val:
         raise SweepError(f"optimized_metric={metric} needs validation photos, but this run has none "
-                              f"(data.val_fraction=0, as in experiment=slash5): add {fix}")
+                         f"(data.val_fraction=0, as in experiment=slash5): add {fix}")
     monitor = OmegaConf.select(cfg, "callbacks.model_checkpoint.monitor")
     if metric.endswith("_best") and monitor != metric.removesuffix("_best"):
         base = metric.removesuffix("_best")
         raise SweepError(f"optimized_metric={metric} is the best {base} that model_checkpoint monitors, "
-                              f"but it monitors {monitor}: add callbacks.model_checkpoint.monitor={base}")
+                         f"but it monitors {monitor}: add callbacks.model_checkpoint.monitor={base}")
 
 
 def _print_summary(cfg: DictConfig, class_names: list[str]) -> dict[str, float]:
