@@ -80,17 +80,22 @@ def test_optuna_sweep_runs_two_trials_and_maximises_val_acc(tmp_path):
     assert 0.0 <= best <= 1.0
 
 
-def test_optuna_sweep_of_a_preset_without_validation_photos_stops_before_training(tmp_path):
+@pytest.mark.parametrize(("overrides", "error"), [
+    (["experiment=slash5"],  # no validation photos
+     "optimized_metric=val/acc_best needs validation photos, but this run has none (data.val_fraction=0, "
+     "as in experiment=slash5): add data.val_fraction=0.2 callbacks.model_checkpoint.monitor=val/acc"),
+    (["callbacks.model_checkpoint.monitor=val/loss", "callbacks.model_checkpoint.mode=min"],
+     "optimized_metric=val/acc_best is the best val/acc that model_checkpoint monitors, but it monitors "
+     "val/loss: add callbacks.model_checkpoint.monitor=val/acc"),
+])
+def test_optuna_sweep_of_a_metric_the_run_cannot_log_stops_before_training(tmp_path, overrides, error):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="needs the sweep extra")
     root = make_tree(tmp_path / "photos", {"Bags": 8, "Cups": 8})
-    proc = _train(tmp_path, "hparams_search=optuna", "experiment=slash5", f"data.root={root}",
+    proc = _train(tmp_path, "hparams_search=optuna", *overrides, f"data.root={root}",
                   "data.image_size=32", "trainer.max_epochs=1", "hydra.sweeper.n_trials=2",
                   "hydra.sweeper.sampler.n_startup_trials=2", f"hydra.sweep.dir={tmp_path / 'sweep'}",
                   multirun=True)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1] == (
-        "error: optimized_metric=val/acc_best needs validation photos, but this run has none "
-        "(data.val_fraction=0, as in experiment=slash5): add data.val_fraction=0.2 "
-        "callbacks.model_checkpoint.monitor=val/acc")
+    assert proc.stderr.strip().splitlines()[-1] == f"error: {error}"
     assert not (tmp_path / "sweep" / "1").exists()  # the sweep stopped at its first trial
     assert not list((tmp_path / "sweep").rglob("*.ckpt"))  # before training
