@@ -19,12 +19,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from product_cnn.bn_stats import batchnorm_layers
 from product_cnn.data.cache import default_cache_dir
 from product_cnn.data.datamodule import ProductDataModule
 from product_cnn.data.demo import default_demo_root
-from product_cnn.model import KERAS_BN_MOMENTUM, KerasCNN
+from product_cnn.models.mirror import KERAS_BN_MOMENTUM, KerasCNN
 from product_cnn.runtime import tune_malloc
+from product_cnn.training.bn_stats import batchnorm_layers
 
 
 def decode(dm: ProductDataModule, split: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,7 +7,7 @@ A row per sweep (per setting, when a sweep holds several): its overrides, comple
 accuracy and macro F1 as mean +- sd over the folds, and the pooled out-of-fold accuracy and
 macro F1. Used to compare settings on the same folds (same data and data.split_seed).
 With ``--ensemble``, one more row: the sweeps' models averaged (each photo's out-of-fold
-probabilities, see product_cnn.cv.ensemble_summary), with its per-fold accuracies.
+probabilities, see product_cnn.evaluation.cv.ensemble_summary), with its per-fold accuracies.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from product_cnn.cv import ensemble_summary
+from product_cnn.evaluation.cv import ensemble_summary
 
 
 def rows(sweep: Path) -> list[dict]:

@@ -1,4 +1,4 @@
-"""The mirror's first block in training: the layers as they are vs product_cnn/fused_block.py.
+"""The mirror's first block in training: the layers as they are vs product_cnn/models/fused_block.py.
 
     python bench/fused_block.py [--batch-size 32] [--repeats 7] [--sections block,net]
 
@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from common import autocast, fixed_batch, machine, median_spread, plain_loop
 from torch import nn
 
-from product_cnn.fused_block import relu_batchnorm_maxpool
-from product_cnn.model import KERAS_BN_EPS, KERAS_BN_MOMENTUM
+from product_cnn.models.fused_block import relu_batchnorm_maxpool
+from product_cnn.models.mirror import KERAS_BN_EPS, KERAS_BN_MOMENTUM
 from product_cnn.runtime import tune_malloc
 
 

@@ -21,7 +21,7 @@ import torch
 from common import fixed_batch, quiet_lightning
 from throughput import FixedBatchData, trainer
 
-from product_cnn.module import ProductClassifier
+from product_cnn.training.module import ProductClassifier
 
 
 class SyncWatch(L.Callback):

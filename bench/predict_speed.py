@@ -22,7 +22,7 @@ import torch
 from common import SLASH5, machine, median_spread, photo_files
 
 from product_cnn.data.images import load_image
-from product_cnn.predict import Predictor
+from product_cnn.inference.predictor import Predictor
 from product_cnn.runtime import tune_malloc
 
 

@@ -31,7 +31,7 @@ import httpx
 from common import SLASH5, machine, photo_files
 
 from product_cnn.data.images import load_image
-from product_cnn.predict import Predictor
+from product_cnn.inference.predictor import Predictor
 from product_cnn.runtime import tune_malloc
 
 REPO = Path(__file__).resolve().parents[1]

@@ -40,11 +40,11 @@ from common import (
 )
 from torch.utils.data import DataLoader, Dataset
 
-from product_cnn.bn_stats import EpochBatchNormStats
 from product_cnn.data.datamodule import ProductDataModule
 from product_cnn.data.images import to_unit_float
-from product_cnn.module import ProductClassifier
 from product_cnn.runtime import tune_malloc
+from product_cnn.training.bn_stats import EpochBatchNormStats
+from product_cnn.training.module import ProductClassifier
 
 VARIANTS = {  # name: (channels_last, bf16, compile)
     "fp32": (False, False, False),

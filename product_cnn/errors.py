@@ -28,3 +28,23 @@ class CheckpointError(ProductCNNError):
 
 class SweepError(ProductCNNError):
     """A sweep's own settings are wrong: every job would fail alike, so the whole sweep stops."""
+
+
+def user_error(err: BaseException | None) -> ProductCNNError | None:
+    """The :class:`ProductCNNError` that ``err`` was raised from (Hydra wraps it), if any."""
+    while err is not None and not isinstance(err, ProductCNNError):
+        err = err.__cause__ or err.__context__
+    return err
+
+
+def one_line(err: BaseException) -> str:
+    """The user-facing line of ``err``, also when a DataLoader worker wrapped it in a traceback."""
+    from omegaconf.errors import MissingMandatoryValue
+
+    text = str(err).strip()
+    if isinstance(err, MissingMandatoryValue):
+        key = getattr(err, "full_key", "") or text
+        return f"missing config value {key}: set it on the command line, e.g. {key}=..."
+    last = text.splitlines()[-1] if text else type(err).__name__
+    prefix = f"{type(err).__module__}.{type(err).__name__}: "
+    return last[len(prefix):] if last.startswith(prefix) else last

@@ -15,15 +15,15 @@ from torch.utils.data import DataLoader, Dataset
 
 from product_cnn.data.augment import build_augment, build_mix
 from product_cnn.data.cache import DecodedImageCache, default_cache_dir
-from product_cnn.data.check import TreeCheck, check_tree
+from product_cnn.data.check import TreeCheck, check_report, check_tree
 from product_cnn.data.demo import default_demo_root, ensure_demo_dataset
 from product_cnn.data.folder import SPLITS, FolderTree, Sample, scan_tree
 from product_cnn.data.folds import check_fold, kfold_split
 from product_cnn.data.images import ImageSize, load_image, to_unit_float
 from product_cnn.data.relabel import Relabel, apply_relabel, read_relabel
+from product_cnn.data.samplers import EpochShuffleSampler, EpochWeightedSampler
 from product_cnn.data.split import stratified_split
 from product_cnn.errors import CheckpointError, DataError
-from product_cnn.reproducible import EpochShuffleSampler, EpochWeightedSampler
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +159,19 @@ class ProductDataModule(L.LightningDataModule):
             params["classes"] = list(class_names)
         return cls(**params)
 
+    @classmethod
+    def for_evaluation(cls, checkpoint: Mapping[str, Any], data_cfg: Any,
+                       class_names: Sequence[str]) -> ProductDataModule:
+        """eval.py's data: a whole data config (``data=folder``, with a ``_target_``) built for the
+        checkpoint's classes, or the checkpoint's own data set with ``data_cfg``'s fields applied."""
+        from hydra.utils import instantiate
+        from omegaconf import OmegaConf
+
+        if data_cfg is not None and "_target_" in data_cfg:
+            return instantiate(data_cfg, classes=list(class_names), _convert_="all")
+        overrides = OmegaConf.to_container(data_cfg, resolve=True) if data_cfg is not None else None
+        return cls.from_checkpoint(checkpoint, overrides, class_names)
+
     @property
     def class_names(self) -> list[str]:
         if self.tree is None:
@@ -247,6 +260,18 @@ class ProductDataModule(L.LightningDataModule):
         relabel = f"\n  {self.relabel.summary()}" if self.relabel is not None else ""
         return f"Data: {hp.root} ({how}){relabel}\n{self.summary()}"
 
+    def check_report(self, show_groups: int) -> str:
+        """check_data.py's report: :meth:`describe` and the photo check, after a quiet ``setup``."""
+        level = log.level
+        log.setLevel(logging.WARNING)  # its INFO lines (split table, groups) are all in the report
+        try:
+            self.setup("fit")
+        finally:
+            log.setLevel(level)
+        return self.describe() + "\n" + check_report(self.check, self.tree, self.split_samples,
+                                                      grouped=self.hparams.group_duplicates,
+                                                      show_groups=show_groups)
+
     def _log_duplicates(self, presplit: bool) -> None:
         check = self.check
         if not check.groups:
@@ -263,6 +288,14 @@ class ProductDataModule(L.LightningDataModule):
             kept = "each kept within one split" if self.hparams.group_duplicates else \
                 "NOT kept together (data.group_duplicates=false)"
             log.info("Near-duplicates: %d group(s) of %d photos, %s", len(check.groups), photos, kept)
+
+    def model_args(self) -> dict[str, Any]:
+        """What the network needs from the data: the class names and, with
+        ``balance=weighted_loss``, the loss weights."""
+        args: dict[str, Any] = {"class_names": self.class_names}
+        if self.hparams.balance == "weighted_loss":
+            args["class_weights"] = self.class_weights().tolist()
+        return args
 
     def class_weights(self) -> torch.Tensor:
         """Inverse-frequency weights of the training split, ``n / (classes * n_c)`` (mean 1 per photo)."""
@@ -321,7 +354,7 @@ class ProductDataModule(L.LightningDataModule):
             dataset,
             batch_size=hp.batch_size,
             sampler=sampler,
-            # workers' base seed from here, not from the global generator (see reproducible.py)
+            # workers' base seed from here, not from the global generator (see data/samplers.py)
             generator=torch.Generator().manual_seed(hp.shuffle_seed or 0),
             drop_last=drop_last,
             num_workers=hp.num_workers,

@@ -71,7 +71,7 @@ def model_info(backend: str, ckpt_path: str | None, onnx_path: str | None) -> Mo
                          str(onnx_path), "onnx", sha256_of(onnx_path))
     if not ckpt_path:
         raise ProductCNNError("missing config value ckpt_path: serve.py ckpt_path=<checkpoint>")
-    from product_cnn.checkpoint import read_checkpoint
+    from product_cnn.training.checkpoint import read_checkpoint
 
     hparams = read_checkpoint(ckpt_path)["hyper_parameters"]
     names = list(hparams.get("class_names") or [str(i) for i in range(hparams.get("num_classes", 0))])
@@ -80,10 +80,10 @@ def model_info(backend: str, ckpt_path: str | None, onnx_path: str | None) -> Mo
 
 
 class TorchBackend:
-    """The checkpoint's network through :class:`~product_cnn.predict.Predictor` (folded BatchNorm)."""
+    """The checkpoint's network through :class:`~product_cnn.inference.predictor.Predictor` (BN folded)."""
 
     def __init__(self, ckpt_path: str, device: str) -> None:
-        from product_cnn.predict import Predictor
+        from product_cnn.inference.predictor import Predictor
 
         self.predictor = Predictor.from_checkpoint(ckpt_path, device=device)
 

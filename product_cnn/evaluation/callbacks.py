@@ -1,0 +1,164 @@
+"""Callbacks that turn results into things to look at: TensorBoard figures and the report files."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
+from matplotlib.figure import Figure
+
+from product_cnn.evaluation.reports import (
+    PREDICTIONS_FILE,
+    build_report,
+    confusion_matrix_figure,
+    write_report,
+    write_test_predictions,
+)
+from product_cnn.training.run_record import record_of
+
+log = logging.getLogger(__name__)
+
+
+def _tensorboard(trainer: L.Trainer) -> TensorBoardLogger | None:
+    return next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+
+
+class ValConfusionMatrixFigure(Callback):
+    """Log the validation confusion matrix to TensorBoard (Images tab) after validation epochs.
+
+    Drawing costs a fixed fraction of a second: little next to a CPU epoch, more than a whole
+    GPU epoch on a few hundred photos (docs/performance.md). So the figure is drawn only while
+    drawing has taken at most ``max_time_share`` of the training time so far (every epoch on a
+    CPU, every few on a fast GPU), and always for the last epoch. ``max_time_share=1`` draws
+    every epoch.
+    """
+
+    def __init__(self, max_time_share: float = 0.05) -> None:
+        self.max_time_share = max_time_share
+        self._start: float | None = None
+        self._drawing = 0.0  # seconds spent drawing
+        self._pending: tuple[list[list[int]], list[str], int] | None = None  # not drawn yet
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start, self._drawing, self._pending = time.perf_counter(), 0.0, None
+
+    @rank_zero_only
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        record = record_of(pl_module)
+        if _tensorboard(trainer) is None or trainer.sanity_checking or record.val_confusion is None:
+            return
+        self._pending = (record.val_confusion.tolist(), record.class_names, trainer.current_epoch)
+        if self._start is None or \
+                self._drawing <= self.max_time_share * (time.perf_counter() - self._start):
+            self._draw(trainer)
+
+    @rank_zero_only
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._draw(trainer)  # the last validation epoch, when the budget skipped it
+
+    def _draw(self, trainer: L.Trainer) -> None:
+        tb = _tensorboard(trainer)
+        if tb is None or self._pending is None:
+            return
+        start = time.perf_counter()
+        confusion, names, epoch = self._pending
+        fig = confusion_matrix_figure(confusion, names, title=f"Validation, epoch {epoch + 1}")
+        tb.experiment.add_figure("val/confusion_matrix", fig, global_step=epoch)
+        self._pending = None
+        self._drawing += time.perf_counter() - start
+
+
+class TestPredictionGrid(Callback):
+    """Log a grid of test images titled 'predicted (true)', wrong ones in red, to TensorBoard."""
+
+    def __init__(self, max_images: int = 32) -> None:
+        self.max_images = max_images
+        self._items: list[tuple[torch.Tensor, int, int, float]] = []
+
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._items = []
+
+    def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
+                          batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        room = self.max_images - len(self._items)
+        if room <= 0 or not isinstance(outputs, dict) or "probs" not in outputs:
+            return
+        images, labels = batch[0][:room].detach().float().cpu(), batch[1][:room].cpu()
+        confidence, predicted = outputs["probs"][:room].max(dim=1)
+        for image, label, pred, conf in zip(images, labels, predicted.cpu(), confidence.cpu(), strict=True):
+            self._items.append((image, int(label), int(pred), float(conf)))
+
+    @rank_zero_only
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        tb = _tensorboard(trainer)
+        if tb is None or not self._items:
+            return
+        names = record_of(pl_module).class_names
+        cols = min(8, len(self._items))
+        rows = math.ceil(len(self._items) / cols)
+        fig = Figure(figsize=(2 * cols, 2.3 * rows))
+        axes = fig.subplots(rows, cols, squeeze=False)
+        for ax in axes.flat:
+            ax.axis("off")
+        for ax, (image, label, pred, conf) in zip(axes.flat, self._items, strict=False):
+            ax.imshow(image.permute(1, 2, 0).clamp(0, 1).numpy())
+            wrong = pred != label
+            ax.set_title(f"{names[pred]} {conf:.2f}\n({names[label]})" + (" WRONG" if wrong else ""),
+                         fontsize=8, color="red" if wrong else "black")
+        fig.tight_layout()
+        tb.experiment.add_figure("test/predictions", fig, global_step=trainer.global_step)
+        self._items = []
+
+
+class ReportWriter(Callback):
+    """After testing, write metrics.json, classification_report.txt, confusion_matrix.png,
+    curves.png and test_predictions.csv (one row per test photo) into ``dirpath``, and the
+    hyperparameters with the final metrics to TensorBoard."""
+
+    def __init__(self, dirpath: str) -> None:
+        self.dirpath = dirpath
+
+    @rank_zero_only
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        record = record_of(pl_module)
+        if record.test_report is None:
+            return
+        datamodule = trainer.datamodule
+        context: dict[str, Any] = {"checkpoint": str(trainer.ckpt_path) if trainer.ckpt_path else None}
+        if datamodule is not None and hasattr(datamodule, "counts"):
+            context["data_root"] = datamodule.hparams.root
+            context["split_sizes"] = {split: sum(c) for split, c in datamodule.counts().items()}
+        report = build_report(record.test_report, record.class_names, **context)
+        paths = write_report(self.dirpath, report, record.history)
+        if record.test_predictions is not None and hasattr(datamodule, "split_samples"):
+            indices, probs = record.test_predictions
+            paths.append(write_test_predictions(
+                Path(self.dirpath, PREDICTIONS_FILE), datamodule.split_samples["test"],
+                datamodule.hparams.root, record.class_names, indices.tolist(), probs.numpy()))
+        log.info("Report: %s", ", ".join(str(p) for p in paths))
+        log.info("Classification report (test split, %d images):\n%s", report["num_samples"],
+                 Path(self.dirpath, "classification_report.txt").read_text().rstrip())
+        self._log_hparams(trainer, pl_module, report, record.history)
+
+    @staticmethod
+    def _log_hparams(trainer: L.Trainer, pl_module: L.LightningModule, report: dict[str, Any],
+                     history: list[dict[str, float]]) -> None:
+        tb = _tensorboard(trainer)
+        if tb is None:
+            return
+        params: dict[str, Any] = {k: v for k, v in pl_module.hparams.items() if k != "class_names"}
+        if trainer.datamodule is not None:
+            params.update({f"data/{k}": v for k, v in trainer.datamodule.hparams.items()})
+        metrics = {"hp/test_acc": report["accuracy"], "hp/test_f1_macro": report["macro"]["f1"]}
+        best = [h["val/acc"] for h in history if "val/acc" in h]
+        if best:
+            metrics["hp/best_val_acc"] = max(best)
+        tb.log_hyperparams(params, metrics=metrics)

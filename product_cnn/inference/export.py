@@ -1,0 +1,103 @@
+"""Export a checkpoint to a self-contained ONNX or TorchScript file, plus a JSON sidecar.
+
+The exported model takes a float batch ``(N, 3, H, W)`` in [0, 1] (RGB, resized to the
+checkpoint's image size) and returns class probabilities ``(N, num_classes)``. The sidecar
+``<file>.json`` (e.g. ``best.onnx.json``) holds the class names and the preprocessing a caller must apply.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from product_cnn.atomic import atomic_path, write_text
+from product_cnn.data.images import image_hw
+from product_cnn.errors import ProductCNNError
+from product_cnn.inference.bn_fold import fold_batchnorm
+from product_cnn.training.checkpoint import read_checkpoint
+
+log = logging.getLogger(__name__)
+
+FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
+
+
+class ProbabilityModel(nn.Module):
+    """The network followed by softmax: what inference returns."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.net(images), dim=1)
+
+
+def load_for_export(ckpt_path: str | Path) -> tuple[ProbabilityModel, dict]:
+    """The checkpoint's network wrapped with softmax (eval mode, CPU) and its metadata."""
+    from product_cnn.training.module import ProductClassifier
+
+    checkpoint = read_checkpoint(ckpt_path)
+    module = ProductClassifier.from_checkpoint_dict(checkpoint, name=f"checkpoint {ckpt_path}",
+                                                  channels_last=False)
+    height, width = image_hw(module.hparams.image_size)
+    meta = {
+        "class_names": module.class_names,
+        "arch": module.hparams.arch,
+        "input": {"name": "images", "shape": ["N", 3, height, width], "dtype": "float32",
+                  "layout": "NCHW", "channels": "RGB", "range": [0.0, 1.0]},
+        "output": {"name": "probabilities", "shape": ["N", len(module.class_names)]},
+        "preprocessing": [
+            "decode the image; apply its EXIF orientation",
+            "convert to RGB (transparent pixels onto white)",
+            f"resize to {width}x{height} (width x height), bilinear, ignoring aspect ratio",
+            "scale pixel values to [0, 1] (divide by 255)",
+        ],
+        "checkpoint": str(ckpt_path),
+    }
+    return ProbabilityModel(fold_batchnorm(module.net)).eval(), meta
+
+
+def export(ckpt_path: str | Path, fmt: str, output: str | Path | None = None) -> Path:
+    """Write ``output`` (default: next to the checkpoint) in ``fmt`` and its ``.json`` sidecar."""
+    if fmt not in FORMATS:
+        raise ProductCNNError(f"unknown export format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    model, meta = load_for_export(ckpt_path)
+    output = Path(output) if output else Path(ckpt_path).with_suffix(FORMATS[fmt])
+    example = torch.rand(2, *meta["input"]["shape"][1:])
+    with atomic_path(output) as tmp:
+        if fmt == "onnx":
+            _export_onnx(model, example, tmp)
+        else:
+            with warnings.catch_warnings():  # TorchScript is deprecated upstream, still widely used
+                warnings.simplefilter("ignore", DeprecationWarning)
+                warnings.simplefilter("ignore", FutureWarning)
+                torch.jit.save(torch.jit.trace(model, example), str(tmp))
+    sidecar = sidecar_path(output)
+    write_text(sidecar, json.dumps({"format": fmt, **meta}, indent=2) + "\n")
+    log.info("Exported %s to %s (+ %s)", ckpt_path, output, sidecar.name)
+    return output
+
+
+def sidecar_path(model_path: str | Path) -> Path:
+    """``model.onnx`` -> ``model.onnx.json``: class names and preprocessing."""
+    return Path(f"{model_path}.json")
+
+
+def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+    try:
+        import onnxscript  # noqa: F401  (the torch.export-based exporter needs it)
+    except ImportError:
+        raise ProductCNNError('ONNX export needs the export extra: pip install -e ".[export]"') from None
+    for name in ("onnx_ir", "onnxscript"):  # their pass-by-pass INFO lines are not for users
+        logging.getLogger(name).setLevel(logging.WARNING)
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    program = torch.onnx.export(
+        model, (example,), input_names=["images"], output_names=["probabilities"],
+        dynamic_shapes={"images": {0: batch}}, dynamo=True, verbose=False,
+    )
+    program.save(str(path), external_data=False)

@@ -1,0 +1,83 @@
+"""One log line per training epoch, so that ``train.log`` tells the story without a terminal.
+
+The line for an epoch is written once it is complete (metrics computed, checkpoints saved),
+i.e. when the next epoch starts or training ends: epoch, train loss/accuracy, validation
+loss/accuracy/macro F1, the epoch's wall time, the best validation accuracy so far, and the
+time left at this run's average epoch time.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_only
+
+from product_cnn.training.run_record import record_of
+
+log = logging.getLogger(__name__)
+
+
+def format_duration(seconds: float) -> str:
+    """``4.2 s``, ``42 s``, ``3 min 05 s``, ``2 h 07 min``."""
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+class EpochLog(Callback):
+    """Log ``Epoch e/E  train ...  val ...  time  best  ETA`` after every training epoch."""
+
+    def __init__(self, monitor: str = "val/acc") -> None:
+        self.monitor = monitor
+        self._epoch_start: float | None = None
+        self._durations: list[float] = []
+        self._logged = 0  # history entries already written
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._durations = []
+        self._logged = len(record_of(pl_module).history)  # a resumed run's earlier epochs
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._finish_epoch(trainer, pl_module)
+        self._epoch_start = time.perf_counter()
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._finish_epoch(trainer, pl_module)
+
+    def _finish_epoch(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._epoch_start is not None:
+            self._durations.append(time.perf_counter() - self._epoch_start)
+            self._epoch_start = None
+        history = record_of(pl_module).history
+        for entry in history[self._logged:]:
+            self._log_line(trainer, history, entry)
+        self._logged = len(history)
+
+    @rank_zero_only
+    def _log_line(self, trainer: L.Trainer, history: list[dict[str, float]], entry: dict[str, float]) -> None:
+        epoch = int(entry["epoch"]) + 1
+        total = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
+        parts = [f"Epoch {epoch}/{total}" if total else f"Epoch {epoch}"]
+        for stage, names in (("train", ("loss", "acc")), ("val", ("loss", "acc", "f1"))):
+            keys = [(name, f"{stage}/{name}") for name in names]
+            values = [f"{name} {entry[key]:.4f}" for name, key in keys if key in entry]
+            if values:
+                parts.append(f"{stage} " + " ".join(values))
+        if self._durations:
+            parts.append(format_duration(self._durations[-1]))
+        scored = [(h[self.monitor], int(h["epoch"]) + 1) for h in history if self.monitor in h]
+        if scored:
+            score, at = max(scored, key=lambda s: (s[0], -s[1]))  # the first epoch reaching the best
+            parts.append(f"best {self.monitor} {score:.4f} (epoch {at})")
+        if total and self._durations and epoch < total:
+            average = sum(self._durations) / len(self._durations)
+            parts.append(f"ETA {format_duration(average * (total - epoch))}")
+        log.info("  ".join(parts))

@@ -1,0 +1,322 @@
+"""The LightningModule: the Keras-mirror network plus loss, metrics and optimiser."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from torchmetrics import MeanMetric, MetricCollection
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+    MulticlassPrecision,
+    MulticlassRecall,
+)
+
+from product_cnn.data.images import ImageSize, image_hw
+from product_cnn.errors import CheckpointError, ProductCNNError
+from product_cnn.models.networks import MIRROR, build_network
+from product_cnn.training.run_record import RunRecord
+from product_cnn.training.schedules import SCHEDULES, build_schedule
+
+STAGES = ("train", "val", "test")
+TTA = ("none", "flip")  # test-time augmentation: none, or the mean with the mirror image
+
+
+def check_tta(tta: str) -> str:
+    """``tta`` if it is one of :data:`TTA`, else a one-line error."""
+    if tta not in TTA:
+        raise ProductCNNError(f"tta={tta!r} is not one of {', '.join(TTA)}")
+    return tta
+KERAS_ADAM = {"_target_": "torch.optim.Adam", "lr": 1e-3, "betas": [0.9, 0.999], "eps": 1e-7}
+
+
+def report_metrics(num_classes: int) -> MetricCollection:
+    """Everything the evaluation report needs, all derived from synced per-class counts."""
+    metrics: dict[str, Any] = {
+        "acc": MulticlassAccuracy(num_classes, average="micro"),
+        "confmat": MulticlassConfusionMatrix(num_classes),
+    }
+    for name, cls in (("precision", MulticlassPrecision), ("recall", MulticlassRecall),
+                      ("f1", MulticlassF1Score)):
+        for average in ("none", "macro", "weighted"):
+            metrics[f"{name}_{average}"] = cls(num_classes, average=average, zero_division=0)
+    return MetricCollection(metrics)
+
+
+class ProductClassifier(L.LightningModule):
+    """Trains a network (:mod:`product_cnn.models.networks`: the Keras mirror by default) with
+    cross-entropy on logits; inference returns softmax.
+
+    ``arch`` names the network; ``pretrained``/``weights_path`` load a torchvision backbone.
+    ``optimizer`` and ``scheduler`` are Hydra-style dicts (``_target_`` plus arguments),
+    instantiated in :meth:`configure_optimizers`; ``schedule`` (cosine, onecycle) with
+    ``warmup_epochs`` is the per-batch alternative to ``scheduler``. ``label_smoothing`` and
+    ``class_weights`` (one per class) shape the training loss. Class names are saved with the
+    checkpoint. ``channels_last`` stores weights and activations NHWC (faster convolutions on
+    CPU and GPU); ``compile`` runs the network through ``torch.compile``. Neither changes the
+    checkpoint. ``tta`` (not saved: an inference setting) averages the probabilities of each
+    image and its mirror image when testing and predicting.
+    """
+
+    METRIC_FLUSH_STEPS = 50  # steps between metric updates (each one GPU sync)
+
+    def __init__(
+        self,
+        num_classes: int = 5,
+        class_names: Sequence[str] | None = None,
+        image_size: ImageSize = 256,
+        dropout: float = 0.1,
+        optimizer: Mapping[str, Any] | None = None,
+        scheduler: Mapping[str, Any] | None = None,
+        channels_last: bool = False,
+        compile: bool = False,
+        class_weights: Sequence[float] | None = None,
+        arch: str = MIRROR,
+        pretrained: bool = False,
+        weights_path: str | None = None,
+        label_smoothing: float = 0.0,
+        schedule: str = "none",
+        warmup_epochs: float = 0.0,
+    ) -> None:
+        super().__init__()
+        # plain types only (Hydra instantiates with _convert_="all"): checkpoints load weights_only
+        class_names = list(class_names) if class_names is not None else None
+        if class_names is not None:
+            num_classes = len(class_names)
+        optimizer = dict(optimizer) if optimizer is not None else dict(KERAS_ADAM)
+        scheduler = dict(scheduler) if scheduler else None
+        class_weights = [float(w) for w in class_weights] if class_weights is not None else None
+        if class_weights is not None and len(class_weights) != num_classes:
+            raise ValueError(f"{len(class_weights)} class weights for {num_classes} classes")
+        if schedule not in SCHEDULES:
+            raise ProductCNNError(f"model.schedule={schedule!r} is not one of {', '.join(SCHEDULES)}")
+        if schedule != "none" and scheduler:
+            raise ProductCNNError("model.schedule and model.scheduler exclude each other: "
+                                  "set one of them to none/null")
+        self.save_hyperparameters()
+        self.net = build_network(arch, num_classes, image_size, dropout, pretrained, weights_path)
+        self.tta = "none"
+        self.example_input_array = torch.zeros(1, 3, *image_hw(image_size))  # FLOPs per image in the summary
+        # class-weighted training loss (data.balance=weighted_loss); val/test losses stay plain
+        self.register_buffer("class_weights", torch.tensor(class_weights) if class_weights else None,
+                             persistent=False)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        if channels_last:
+            self.net.to(memory_format=torch.channels_last)
+        if compile:
+            self.net.compile()  # in place: parameter names (and checkpoints) stay the same
+        # Metrics skip torchmetrics' input checks and NaN scans (each one a GPU sync) -- the
+        # inputs are ours; a NaN loss shows as a NaN epoch loss. See also _pending below.
+        metrics = MetricCollection({
+            "acc": MulticlassAccuracy(num_classes, average="micro", validate_args=False),
+            "f1": MulticlassF1Score(num_classes, average="macro", validate_args=False),
+        })
+        # ModuleDict keys may not be "train" (an nn.Module method), hence the "_" suffix
+        self.metrics = torch.nn.ModuleDict({
+            f"{stage}_": metrics.clone(prefix=f"{stage}/") for stage in STAGES
+        })
+        self.losses = torch.nn.ModuleDict({
+            f"{stage}_": MeanMetric(nan_strategy="disable") for stage in STAGES
+        })
+        self.val_confmat = MulticlassConfusionMatrix(num_classes)
+        self.test_report_metrics = report_metrics(num_classes)
+        self.record = RunRecord(self.class_names)  # filled as training and testing go; read by callbacks
+        self._last_val: dict[str, float] = {}
+        # Per-step (loss, logits, labels) waiting to be added to the metrics. Per-class metrics
+        # count with torch.bincount, which waits for the GPU (a sync per step would stall the
+        # queue of a GPU that is faster than Python); batching the updates leaves one per flush.
+        self._pending: dict[str, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {
+            stage: [] for stage in STAGES}
+        self._test_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []  # (indices, probabilities)
+
+    @classmethod
+    def from_checkpoint_dict(cls, checkpoint: Mapping[str, Any], load_weights: bool = True,
+                             name: str = "the checkpoint", **overrides: Any) -> ProductClassifier:
+        """Rebuild the module from a checkpoint read by :func:`read_checkpoint`.
+
+        Inference does not compile by default (``compile=False``), whatever training used.
+        Raises :class:`CheckpointError` (naming ``name``) when the hyper-parameters or weights
+        do not make this model.
+        """
+        # weights come from the checkpoint: nothing to download or read for the backbone
+        hparams = {**checkpoint["hyper_parameters"], "compile": False, "pretrained": False,
+                   "weights_path": None, **overrides}
+        try:
+            model = cls(**hparams)
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(f"{name} does not describe this model: {err}") from None
+        model.check_weights_fit(checkpoint["state_dict"], name)
+        if load_weights:
+            model.load_state_dict(checkpoint["state_dict"])
+        return model
+
+    def check_weights_fit(self, state: Mapping[str, torch.Tensor], name: str = "the checkpoint") -> None:
+        """Raise :class:`CheckpointError` in one line when ``state`` does not fit this model."""
+        expected = self.state_dict()  # (load_state_dict's own message is many lines long)
+        wrong = [k for k in expected if k not in state or tuple(state[k].shape) != tuple(expected[k].shape)]
+        if wrong:
+            shapes = ", ".join(f"{k} {tuple(state[k].shape) if k in state else 'missing'} "
+                               f"(expected {tuple(expected[k].shape)})" for k in wrong[:3])
+            raise CheckpointError(f"{name} holds weights of another model: {shapes}")
+
+    @property
+    def class_names(self) -> list[str]:
+        names = self.hparams.class_names
+        return list(names) if names else [str(i) for i in range(self.hparams.num_classes)]
+
+    @property
+    def backbone(self) -> torch.nn.Module:
+        """The pretrained part of the network (for Lightning's ``BackboneFinetuning``)."""
+        if not hasattr(self.net, "backbone"):
+            raise ProductCNNError(f"model {self.hparams.arch} has no pretrained backbone to fine-tune: "
+                                  "callbacks=finetune needs a torchvision model, e.g. model=resnet18")
+        return self.net.backbone
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for a float batch in [0, 1]."""
+        return self.net(x.contiguous(memory_format=self.memory_format))
+
+    def _evaluate(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits, or with ``tta="flip"`` the log of the mean probabilities of images and mirrors."""
+        if self.tta == "none":
+            return self(images)
+        probs = torch.softmax(self(images).float(), 1) + torch.softmax(self(images.flip(-1)).float(), 1)
+        return torch.log(probs / 2)
+
+    def _step(self, batch: Any, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = batch[0], batch[1]
+        logits = self(images) if stage == "train" else self._evaluate(images)
+        if stage == "train":
+            loss = F.cross_entropy(logits, labels, weight=self.class_weights,
+                                   label_smoothing=self.hparams.label_smoothing)
+            if labels.ndim == 2:  # soft labels from MixUp/CutMix: metrics count the larger share
+                labels = labels.argmax(1)
+        else:
+            loss = F.cross_entropy(logits, labels)
+        self._pending[stage].append((loss.detach(), logits.detach(), labels))
+        if len(self._pending[stage]) >= self.METRIC_FLUSH_STEPS:
+            self._flush(stage)
+        return loss, logits.detach()
+
+    def _flush(self, stage: str) -> None:
+        """Add the pending steps of ``stage`` to its metrics (and the val/test extras)."""
+        pending, self._pending[stage] = self._pending[stage], []
+        if not pending:
+            return
+        losses, logits, labels = zip(*pending, strict=True)
+        counts = torch.stack([torch.full((), len(y), dtype=torch.float32, device=y.device) for y in labels])
+        logits, labels = torch.cat(logits), torch.cat(labels)
+        self.losses[f"{stage}_"].update(torch.stack(losses).float(), weight=counts)
+        self.metrics[f"{stage}_"].update(logits, labels)
+        if stage == "val" and not getattr(self._trainer, "sanity_checking", False):
+            self.val_confmat.update(logits, labels)
+        elif stage == "test":
+            self.test_report_metrics.update(logits, labels)
+
+    def _log_epoch(self, stage: str) -> dict[str, float]:
+        """Compute (synced across processes by torchmetrics), log and reset a stage's metrics."""
+        self._flush(stage)
+        values = {f"{stage}/loss": self.losses[f"{stage}_"].compute(), **self.metrics[f"{stage}_"].compute()}
+        self.log_dict(values, sync_dist=False, prog_bar=stage != "test")
+        self.losses[f"{stage}_"].reset()
+        self.metrics[f"{stage}_"].reset()
+        return {k: float(v) for k, v in values.items()}
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")[0]
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
+        _, logits = self._step(batch, "test")
+        probs = torch.softmax(logits.float(), dim=1)
+        if len(batch) > 2:  # (images, labels, indices): keep each photo's probabilities
+            self._test_outputs.append((batch[2], probs))
+        return {"probs": probs}
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
+        """Class probabilities (softmax) for a batch."""
+        images = batch[0] if isinstance(batch, (list, tuple)) else batch
+        return torch.softmax(self._evaluate(images).float(), dim=1)
+
+    def on_train_epoch_end(self) -> None:
+        train = self._log_epoch("train")
+        self.record.history.append({"epoch": self.current_epoch, **train, **self._last_val})
+        self._last_val = {}
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:  # the sanity check must not leak into val metrics
+            self._pending["val"] = []
+            self.losses["val_"].reset()
+            self.metrics["val_"].reset()
+            self.val_confmat.reset()
+            return
+        self._last_val = self._log_epoch("val")
+        self.record.val_confusion = self.val_confmat.compute().cpu()
+        self.val_confmat.reset()
+
+    def on_test_epoch_start(self) -> None:
+        self._test_outputs = []
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test")  # flushes the pending test steps into the report metrics too
+        self.record.test_report = {k: v.cpu() for k, v in self.test_report_metrics.compute().items()}
+        self.test_report_metrics.reset()
+        self.record.test_predictions = self._gather_test_outputs()
+        self._test_outputs = []
+
+    def _gather_test_outputs(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(indices, probabilities) of every test photo, from every process, sorted by index."""
+        if not self._test_outputs:
+            return None
+        indices = torch.cat([i for i, _ in self._test_outputs]).long()
+        probs = torch.cat([p for _, p in self._test_outputs])
+        if self.trainer.world_size > 1:  # processes hold different counts: pad, gather, drop padding
+            size = torch.tensor([len(indices)], device=indices.device)
+            longest = int(self.all_gather(size).max())
+            pad = longest - len(indices)
+            indices = torch.cat([indices, indices.new_full((pad,), -1)])
+            probs = torch.cat([probs, probs.new_zeros((pad, probs.shape[1]))])
+            indices, probs = self.all_gather(indices).flatten(), self.all_gather(probs).flatten(0, 1)
+            keep = indices >= 0
+            indices, probs = indices[keep], probs[keep]
+        order = indices.argsort()
+        return indices[order].cpu(), probs[order].cpu()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["metric_history"] = [dict(h) for h in self.record.history]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Resuming or evaluating a checkpoint: take its history. Testing the best checkpoint
+        # right after training: keep the longer history of the whole run.
+        saved = [dict(h) for h in checkpoint.get("metric_history", [])]
+        if len(saved) >= len(self.record.history):
+            self.record.history = saved
+
+    def configure_optimizers(self) -> Any:
+        # trainable parameters only: a frozen backbone joins later (BackboneFinetuning)
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        optimizer = instantiate(self.hparams.optimizer, params=trainable)
+        if self.hparams.schedule != "none":
+            total = self.trainer.estimated_stepping_batches
+            per_epoch = total / max(1, self.trainer.max_epochs or 1)
+            schedule = build_schedule(self.hparams.schedule, optimizer, total,
+                                      round(self.hparams.warmup_epochs * per_epoch))
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        if not self.hparams.scheduler:
+            return optimizer
+        scheduler_cfg = dict(self.hparams.scheduler)
+        monitor = scheduler_cfg.pop("monitor", "val/loss")
+        interval = scheduler_cfg.pop("interval", "epoch")
+        scheduler = instantiate(scheduler_cfg, optimizer=optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "monitor": monitor, "interval": interval},
+        }

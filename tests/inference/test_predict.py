@@ -1,0 +1,121 @@
+import csv
+import json
+import subprocess
+import sys
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+from PIL import Image
+
+from product_cnn.data.datamodule import ProductDataModule
+from product_cnn.errors import DataError
+from product_cnn.inference.predictor import Predictor, expand_inputs
+from product_cnn.training.module import ProductClassifier
+from tests.helpers import REPO
+
+
+@pytest.fixture
+def mixed_folder(tiny_run, tmp_path):
+    """Good photos, a corrupt JPEG and a text file, as a user's upload folder might be."""
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    root = tiny_run["root"]
+    good = sorted((root / "Cups").glob("*.jpg"))[:3] + sorted((root / "Pens").glob("*.jpg"))[:2]
+    for path in good:
+        (folder / path.name.replace("img", path.parent.name)).write_bytes(path.read_bytes())
+    jpeg = good[0].read_bytes()
+    (folder / "broken.jpg").write_bytes(jpeg[: len(jpeg) // 3])
+    (folder / "readme.txt").write_text("not a photo")
+    return folder
+
+
+def test_predictions_equal_the_test_time_outputs(tiny_run):
+    ckpt = tiny_run["best"]
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True)
+    dm = ProductDataModule(**saved["datamodule_hyper_parameters"])
+    dm.setup("test")
+
+    class Capture(Callback):
+        def __init__(self):
+            self.probs: list[torch.Tensor] = []
+
+        def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+            self.probs.append(outputs["probs"])
+
+    capture = Capture()
+    model = ProductClassifier(**saved["hyper_parameters"])
+    L.Trainer(accelerator="cpu", logger=False, callbacks=[capture], enable_progress_bar=False).test(
+        model, datamodule=dm, ckpt_path=str(ckpt), verbose=False)
+    expected = torch.cat(capture.probs)
+
+    predictor = Predictor.from_checkpoint(ckpt, device="cpu", batch_size=4)
+    paths = [p for p, _ in dm.split_samples["test"]]
+    results = predictor.predict(paths, topk=3)
+    got = torch.tensor([[dict(r.topk)[name] for name in predictor.class_names] for r in results])
+    assert torch.allclose(got, expected, atol=1e-6)
+    assert [r.category for r in results] == [predictor.class_names[i] for i in expected.argmax(1)]
+
+    # PIL images go through the same preprocessing as paths
+    with Image.open(paths[0]) as image:
+        from_pil = predictor.predict(image.copy(), topk=3)[0]
+    assert [n for n, _ in from_pil.topk] == [n for n, _ in results[0].topk]
+    assert [p for _, p in from_pil.topk] == pytest.approx([p for _, p in results[0].topk], abs=1e-6)
+    assert from_pil.source == "<image 0>"
+
+
+def test_predict_cli_reports_bad_files_and_sorts_copies(tiny_run, mixed_folder, tmp_path):
+    sorted_dir = tmp_path / "sorted"
+    before = {p.name: p.read_bytes() for p in mixed_folder.iterdir()}
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "predict.py"), f"ckpt_path={tiny_run['best']}", f"inputs={mixed_folder}",
+         f"sort_into={sorted_dir}", "device=cpu", f"hydra.run.dir={tmp_path}/out"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 1, proc.stderr[-2000:]  # some inputs failed
+    rows = list(csv.DictReader((tmp_path / "out" / "predictions.csv").open()))
+    assert len(rows) == 6  # readme.txt is not an image: skipped with a note, not a failed photo
+    bad = {r["path"].split("/")[-1]: r["error"] for r in rows if r["error"]}
+    assert set(bad) == {"broken.jpg"}
+    good = [r for r in rows if not r["error"]]
+    assert len(good) == 5
+    assert all(r["category"] in {"Bags", "Cups", "Pens"} and 0 < float(r["confidence"]) <= 1 for r in good)
+    assert all(r["top1_category"] == r["category"] for r in good)
+    log = (tmp_path / "out" / "predict.log").read_text()
+    assert "Classified 5 of 6 file(s); 1 could not be read" in log
+    assert "Skipped 1 file(s) that are not images" in log and "readme.txt" in log
+    copies = sorted(p.name for p in sorted_dir.rglob("*.jpg"))
+    assert len(copies) == 5 and "broken.jpg" not in copies
+    for r in good:  # each copy sits under its predicted category
+        assert (sorted_dir / r["category"] / r["path"].split("/")[-1]).is_file()
+    assert {p.name: p.read_bytes() for p in mixed_folder.iterdir()} == before  # originals untouched
+
+
+def test_json_output_and_globs(tiny_run, mixed_folder, tmp_path):
+    from product_cnn.inference.predictor import write_predictions
+
+    files = expand_inputs(str(mixed_folder / "*.jpg"))
+    assert len(files) == 6 and not any(f.endswith(".txt") for f in files)
+    results = Predictor.from_checkpoint(tiny_run["best"], device="cpu").predict(files, topk=2)
+    out = write_predictions(results, tmp_path / "p.json", topk=2)
+    data = json.loads(out.read_text())
+    assert len(data) == 6 and sum(1 for d in data if d["error"]) == 1
+    assert all(len(d["topk"]) == 2 for d in data if not d["error"])
+
+
+def test_a_named_file_that_is_not_an_image_is_still_an_error(tiny_run, mixed_folder):
+    files = expand_inputs([mixed_folder / "readme.txt", mixed_folder])
+    assert files[0].endswith("readme.txt") and sum(f.endswith(".txt") for f in files) == 1
+    result = Predictor.from_checkpoint(tiny_run["best"], device="cpu").predict(files[:1])[0]
+    assert not result.ok and "not an image" in result.error
+
+
+def test_missing_inputs_are_a_clear_error(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        expand_inputs(tmp_path / "nope")
+    with pytest.raises(DataError, match="no files match"):
+        expand_inputs(str(tmp_path / "*.jpg"))
+    (tmp_path / "notes.txt").write_text("not a photo")
+    with pytest.raises(DataError, match="no image files in"):
+        expand_inputs(tmp_path)

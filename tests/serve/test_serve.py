@@ -1,0 +1,228 @@
+"""The HTTP server (serve.py, LitServe): answers equal predict.py's, bad input is a 4xx, key, info."""
+
+import base64
+import hashlib
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from product_cnn.inference.predictor import Predictor
+from tests.helpers import REPO
+
+httpx = pytest.importorskip("httpx")
+KEY = "test-key-123"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``python serve.py ...`` in its own process group, stopped (with its workers) at the end."""
+
+    def __init__(self, tmp: Path, *args: str, env: dict | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = tmp / f"serve_{self.port}.log"
+        self.proc = subprocess.Popen(
+            [sys.executable, str(REPO / "serve.py"), f"port={self.port}",
+             f"hydra.run.dir={tmp}/run_{self.port}", *args],
+            cwd=tmp, stdout=self.log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, **(env or {})})
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"server did not start: {self.log.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGINT)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_run, tmp_path_factory):
+    running = Server(tmp_path_factory.mktemp("serve"), f"ckpt_path={tiny_run['best']}", "device=cpu",
+                     "max_batch_size=8", env={"PRODUCT_CNN_API_KEY": KEY})
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def photos(tiny_run) -> list[Path]:
+    root = tiny_run["root"]
+    return sorted(root.glob("*/*.jpg"))[::4]
+
+
+def _post_file(url: str, path: Path, headers=AUTH) -> httpx.Response:
+    with path.open("rb") as handle:
+        return httpx.post(f"{url}/predict", files={"file": (path.name, handle, "image/jpeg")},
+                          headers=headers, timeout=60)
+
+
+def test_answers_equal_predict_py(server, tiny_run, photos):
+    expected = Predictor.from_checkpoint(tiny_run["best"], device="cpu").predict(photos, topk=3)
+    for path, want in zip(photos, expected, strict=True):
+        got = _post_file(server.url, path).json()
+        assert got["category"] == want.category
+        assert got["confidence"] == pytest.approx(want.confidence, abs=1e-6)
+        assert [n for n, _ in got["topk"]] == [n for n, _ in want.topk]
+    # JSON with base64, and several files in one request (a list, in order)
+    body = {"image": base64.b64encode(photos[0].read_bytes()).decode()}
+    answer = httpx.post(f"{server.url}/predict", json=body, headers=AUTH).json()
+    assert answer["category"] == expected[0].category
+    files = [("file", (p.name, p.read_bytes(), "image/jpeg")) for p in photos[:3]]
+    several = httpx.post(f"{server.url}/predict", files=files, headers=AUTH, timeout=60).json()
+    assert [r["category"] for r in several] == [p.category for p in expected[:3]]
+
+
+def _bomb() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("1", (12000, 12000)).save(buffer, format="PNG")  # 144 Mpx, a few kB
+    return buffer.getvalue()
+
+
+def test_bad_input_gets_a_4xx_and_the_server_keeps_serving(server, photos, tmp_path):
+    good = photos[0].read_bytes()
+    cases = {
+        "not an image": ({"files": {"file": ("a.bin", os.urandom(3000), "application/octet-stream")}}, 415),
+        "text named .jpg": ({"files": {"file": ("notes.jpg", b"just some text\n" * 20, "image/jpeg")}}, 415),
+        "truncated JPEG": ({"files": {"file": ("cut.jpg", _jpeg(600, 800)[:20000], "image/jpeg")}}, 400),
+        "zero bytes": ({"files": {"file": ("empty.jpg", b"", "image/jpeg")}}, 400),
+        "decompression bomb": ({"files": {"file": ("bomb.png", _bomb(), "image/png")}}, 413),
+        "over the size limit": ({"files": {"file": ("big.jpg", b"\xff" * (21 * 2**20), "image/jpeg")}}, 413),
+        "too many files": ({"files": [("file", ("x.jpg", good, "image/jpeg"))] * 17}, 413),
+        "malformed JSON": ({"content": b'{"image": ', "headers": {"Content-Type": "application/json"}}, 400),
+        "malformed base64": ({"json": {"image": "@@not base64@@"}}, 400),
+        "no photo": ({"json": {"url": "http://example.com/a.jpg"}}, 400),
+        "empty body": ({}, 400),
+    }
+    for name, (kwargs, status) in cases.items():
+        headers = {**AUTH, **kwargs.pop("headers", {})}
+        response = httpx.post(f"{server.url}/predict", headers=headers, timeout=60, **kwargs)
+        assert response.status_code == status, (name, response.text)
+        reason = response.json()["error"]
+        assert reason and "\n" not in reason and "Traceback" not in reason, (name, reason)
+        assert _post_file(server.url, photos[1]).status_code == 200, name  # and the next one is served
+
+
+def _jpeg(height: int, width: int) -> bytes:
+    import numpy as np
+
+    buffer = io.BytesIO()
+    Image.fromarray((np.random.default_rng(0).random((height, width, 3)) * 255).astype("uint8")).save(
+        buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def test_the_api_key_is_enforced(server, photos):
+    assert _post_file(server.url, photos[0], headers={}).status_code == 401
+    assert _post_file(server.url, photos[0], headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert httpx.get(f"{server.url}/info").status_code == 401
+    assert _post_file(server.url, photos[0]).status_code == 200
+    assert httpx.get(f"{server.url}/health").status_code == 200  # health and the page need no key
+    assert "<html" in httpx.get(f"{server.url}/").text
+
+
+def test_info_describes_the_model(server, tiny_run):
+    info = httpx.get(f"{server.url}/info", headers=AUTH).json()
+    assert info["class_names"] == ["Bags", "Cups", "Pens"] and info["architecture"] == "keras_cnn"
+    assert info["input_size"] == [64, 64] and info["model_file"] == str(tiny_run["best"])
+    assert info["sha256"] == hashlib.sha256(Path(tiny_run["best"]).read_bytes()).hexdigest()
+    assert info["version"]
+
+
+def test_concurrent_requests_each_get_their_own_answer(server, tiny_run, photos):
+    predictions = Predictor.from_checkpoint(tiny_run["best"], device="cpu").predict(photos)
+    expected = {p.name + p.parent.name: r for p, r in zip(photos, predictions, strict=True)}
+    jobs = [photos[i % len(photos)] for i in range(48)]
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(lambda p: (p, _post_file(server.url, p).json()), jobs))
+    for path, got in answers:
+        want = expected[path.name + path.parent.name]
+        assert got["category"] == want.category
+        assert got["confidence"] == pytest.approx(want.confidence, abs=1e-6)
+
+
+def test_onnx_backend_gives_the_same_answers(tiny_run, photos, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from product_cnn.inference.export import export
+
+    onnx = export(tiny_run["best"], "onnx", tmp_path / "model.onnx")
+    running = Server(tmp_path, "backend=onnx", f"onnx_path={onnx}")
+    try:
+        expected = Predictor.from_checkpoint(tiny_run["best"], device="cpu").predict(photos[:4], topk=3)
+        for path, want in zip(photos[:4], expected, strict=True):
+            got = _post_file(running.url, path, headers={}).json()
+            assert got["category"] == want.category
+            assert [p for _, p in got["topk"]] == pytest.approx([p for _, p in want.topk], abs=1e-4)
+    finally:
+        running.stop()
+
+
+def _browser():
+    """Headless Chromium through Selenium, or a skip that says what is missing."""
+    import shutil
+
+    webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (the dev extra)")
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    driver = shutil.which("chromedriver")
+    if not browser or not driver:
+        pytest.skip("needs Chromium and chromedriver (apt-get install chromium chromium-driver; "
+                    ".ci/run installs them)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1100,800"):
+        options.add_argument(flag)
+    service = webdriver.ChromeService(executable_path=driver)
+    return webdriver.Chrome(options=options, service=service)
+
+
+def test_the_web_page_classifies_a_dropped_photo_in_a_real_browser(server, photos, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser = _browser()
+    try:
+        browser.get(f"{server.url}/")
+        browser.find_element(By.ID, "key").send_keys(KEY)
+        chooser = browser.find_element(By.ID, "files")
+        browser.execute_script("arguments[0].hidden = false", chooser)
+        chooser.send_keys(str(photos[0]))
+        answered = expected_conditions.presence_of_element_located((By.CLASS_NAME, "category"))
+        WebDriverWait(browser, 60).until(answered)
+        shown = browser.find_element(By.CLASS_NAME, "category").text
+        bars = browser.find_elements(By.CLASS_NAME, "bar")
+        shot = tmp_path / "page.png"
+        browser.save_screenshot(str(shot))
+        if os.environ.get("PRODUCT_CNN_SCREENSHOT"):  # how docs/serve.png was made
+            browser.save_screenshot(os.environ["PRODUCT_CNN_SCREENSHOT"])
+    finally:
+        browser.quit()
+    expected = _post_file(server.url, photos[0]).json()
+    assert shown.startswith(expected["category"] + " (") and len(bars) == 3
+    assert shot.stat().st_size > 5000

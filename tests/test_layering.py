@@ -1,0 +1,112 @@
+"""The package's layering: every import in ``product_cnn/`` points down the order below, never up,
+never in a circle. Parsed from the source (lazy imports inside functions count too)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from tests.helpers import REPO
+
+PACKAGE = REPO / "product_cnn"
+# lowest first; a module may import its own layer or any layer before it
+LAYERS = ["base", "data", "models", "training", "evaluation", "inference", "serve", "tasks"]
+BASE = {"errors", "atomic", "config", "runtime"}  # what every layer may use
+
+
+def layer_of(module: str) -> str:
+    """``product_cnn.training.module`` -> ``training``; the top-level helpers are ``base``."""
+    parts = module.split(".")
+    if len(parts) < 2:
+        return "base"
+    top = parts[1]
+    if top in BASE:
+        return "base"
+    if top == "tasks":
+        return "tasks"
+    return top
+
+
+def imports_of(path: Path, root: Path = REPO) -> list[tuple[str, int]]:
+    """(imported product_cnn module, line) for every import statement in ``path`` under ``root``."""
+    module = ".".join(path.relative_to(root).with_suffix("").parts).removesuffix(".__init__")
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found += [(a.name, node.lineno) for a in node.names if a.name.startswith("product_cnn")]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: resolve against this module's package
+                package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
+                base = package[: len(package) - node.level + 1]
+                name = ".".join([*base, node.module] if node.module else base)
+            else:
+                name = node.module or ""
+            if name.startswith("product_cnn"):
+                # `from product_cnn.training import module` imports product_cnn.training.module
+                found += [(f"{name}.{a.name}" if root.joinpath(*name.split("."), f"{a.name}.py").exists()
+                           else name, node.lineno) for a in node.names]
+    return found
+
+
+def module_graph() -> dict[str, list[tuple[str, int]]]:
+    graph = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        name = ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+        graph[name] = imports_of(path)
+    return graph
+
+
+def test_every_known_layer_is_a_folder_or_a_base_module():
+    folders = {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    modules = {p.stem for p in PACKAGE.glob("*.py")} - {"__init__"}
+    assert folders == set(LAYERS) - {"base", "tasks"}, "a new sub-package needs its place in LAYERS"
+    assert modules == BASE | {"tasks"}, "the top level holds only what every layer uses, and tasks.py"
+
+
+def test_imports_run_downwards_only():
+    upward = []
+    for module, imports in module_graph().items():
+        here = LAYERS.index(layer_of(module))
+        for target, line in imports:
+            if LAYERS.index(layer_of(target)) > here:
+                upward.append(f"{module}:{line} imports {target} ({layer_of(module)} -> {layer_of(target)})")
+    assert not upward, "imports must run downwards (" + " <- ".join(LAYERS) + "):\n" + "\n".join(upward)
+
+
+def test_no_import_cycles():
+    modules = module_graph()
+    graph = {m: {t for t, _ in imps if t in modules} for m, imps in modules.items()}
+    state: dict[str, int] = {}
+    cycle: list[str] = []
+
+    def visit(node: str, stack: list[str]) -> bool:
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                cycle.extend([*stack[stack.index(nxt):], nxt])
+                return True
+            if state.get(nxt) is None and visit(nxt, [*stack, nxt]):
+                return True
+        state[node] = 2
+        return False
+
+    for start in sorted(graph):
+        if state.get(start) is None and visit(start, [start]):
+            break
+    assert not cycle, "import cycle: " + " -> ".join(cycle)
+
+
+def test_the_checker_sees_an_upward_import(tmp_path):
+    """The parser above finds an upward import written each way Python allows, lazy ones too."""
+    bad = tmp_path / "product_cnn" / "data" / "bad.py"
+    for folder in ("data", "training", "evaluation", "inference"):
+        (tmp_path / "product_cnn" / folder).mkdir(parents=True)
+    (tmp_path / "product_cnn" / "evaluation" / "reports.py").write_text("")
+    bad.write_text("import product_cnn.training.module\n"
+                   "from product_cnn.evaluation import reports\n"
+                   "from ..inference import export\n"
+                   "def f():\n    from product_cnn.inference.predictor import Predictor\n")
+    found = [t for t, _ in imports_of(bad, tmp_path)]
+    assert found == ["product_cnn.training.module", "product_cnn.evaluation.reports",
+                     "product_cnn.inference", "product_cnn.inference.predictor"]
+    assert [LAYERS.index(layer_of(t)) > LAYERS.index("data") for t in found] == [True] * 4
