@@ -62,7 +62,11 @@ def tune_malloc() -> bool:
 
 
 def quiet_lightning() -> None:
-    """Drop messages that tell a user nothing about their run."""
+    """Drop messages that tell a user nothing about their run; under DDP, rank 0 alone tells the story."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if rank_zero_only.rank > 0:
+        logging.getLogger("product_cnn").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     # eval.py restores weights only; the training callbacks it names are not needed for that
     warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`, callbacks")

@@ -14,7 +14,6 @@ from typing import Any
 import lightning as L
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
@@ -29,6 +28,7 @@ from product_cnn.runtime import quiet_lightning, tune_malloc
 from product_cnn.training.checkpoint import read_checkpoint
 from product_cnn.training.final_test import best_score, test_after_fit
 from product_cnn.training.module import ProductClassifier, check_tta
+from product_cnn.training.probe import fit_probe_head, save_probe
 from product_cnn.training.resume import check_resume_fits, resolve_resume
 from product_cnn.training.trainer import build_trainer, check_accelerator
 
@@ -39,8 +39,6 @@ def run(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     """Run ``task``; a user-facing error becomes one line on stderr and exit status 2. In a multirun a
     failed job is recorded and the sweep goes on (evaluation/sweep.py), except on a SweepError."""
     quiet_lightning()
-    if rank_zero_only.rank > 0:
-        logging.getLogger("product_cnn").setLevel(logging.WARNING)  # rank 0 tells the story
     try:
         try:
             return task(cfg)
@@ -65,7 +63,6 @@ def run(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
 def _format_metrics(metrics: dict[str, float]) -> str:
     return "  ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
 
-
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit the model, then test the best checkpoint; return all final metrics."""
     tune_malloc()
@@ -87,6 +84,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     model = instantiate(cfg.model, _recursive_=False, _convert_="all", **datamodule.model_args())
     if resumed is not None:
         check_resume_fits(ckpt_path, resumed, model, datamodule.hparams.root)
+    if cfg.get("probe"):  # a linear head on cached features: experiment=probe, or LP-FT's first step
+        fit_probe_head(cfg.probe, model, datamodule, cfg.get("seed"))
+        if not cfg.probe.get("finetune"):
+            return save_probe(cfg, model, datamodule)
     trainer = build_trainer(cfg, validate=has_val)
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()} | best_score(trainer)

@@ -1,4 +1,4 @@
-"""torchvision architectures in the same pipeline: train, resume, eval, predict, export, weights."""
+"""torchvision and timm architectures in the same pipeline: train, resume, eval, predict, export, weights."""
 
 from pathlib import Path
 
@@ -11,7 +11,7 @@ from product_cnn.errors import CheckpointError, ProductCNNError
 from product_cnn.inference.predictor import Predictor
 from product_cnn.models.networks import TORCHVISION, build_network
 from product_cnn.tasks import evaluate, train
-from tests.helpers import compose_cfg
+from tests.helpers import CONF_DIR, compose_cfg
 
 ONE_BATCH = ["trainer.max_epochs=1", "+trainer.limit_train_batches=1", "+trainer.limit_val_batches=1",
              "data.image_size=32"]
@@ -20,7 +20,8 @@ ONE_BATCH = ["trainer.max_epochs=1", "+trainer.limit_train_batches=1", "+trainer
 HEAVY = {"convnext_tiny", "efficientnet_b0", "mobilenet_v3_large"}  # 30-45 s each on 2 cores: -m slow
 
 
-ARCHS = [pytest.param(a, marks=pytest.mark.slow) if a in HEAVY else a for a in TORCHVISION]
+TIMM = ("tf_efficientnet_lite0", "mobilenetv3_small_050")  # a Lite one and another small timm network
+ARCHS = [pytest.param(a, marks=pytest.mark.slow) if a in HEAVY else a for a in (*TORCHVISION, *TIMM)]
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -29,7 +30,9 @@ def test_each_architecture_trains_evaluates_predicts_and_exports(arch, train_cfg
     from product_cnn.inference.export import export
 
     root = tree_factory({"Bags": 6, "Cups": 6, "Pens": 6})
-    cfg = train_cfg(f"model={arch}", "data=folder", f"data.root={root}", *ONE_BATCH)
+    preset = (CONF_DIR / "model" / f"{arch}.yaml").is_file()  # else any timm name through model.arch
+    cfg = train_cfg(f"model={arch}" if preset else f"model.arch={arch}", "data=folder", f"data.root={root}",
+                    *ONE_BATCH)
     metrics = train(cfg)
     assert np.isfinite(metrics["train/loss"]) and 0 <= metrics["test/acc"] <= 1
     best = next(Path(cfg.paths.output_dir, "checkpoints").glob("epoch_*.ckpt"))

@@ -1,0 +1,166 @@
+"""A linear probe: the pretrained backbone frozen, its pooled features computed once per photo and
+cached, then a linear head fitted in seconds (``experiment=probe``).
+
+Features are cached on disk per network (architecture, the backbone's weights, input size) and per
+photo (path, size, mtime), like the decoded-image cache: a second run, or the next fold of a
+k-fold sweep, computes only what it has not seen. The head is scikit-learn's multinomial logistic
+regression on standardised features; the standardisation is folded into the linear layer, so the
+checkpoint is an ordinary one holding the whole network (backbone + head), which eval.py,
+predict.py, serve.py, export.py, ensembles, k-fold CV and find_label_issues.py take unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from omegaconf import DictConfig, open_dict
+from torch import nn
+from torch.utils.data import DataLoader
+
+from product_cnn.atomic import atomic_path
+from product_cnn.data.cache import fingerprint
+from product_cnn.data.datamodule import ImageListDataset, ProductDataModule
+from product_cnn.data.images import to_unit_float
+from product_cnn.errors import ProductCNNError
+from product_cnn.training.trainer import build_trainer
+
+log = logging.getLogger(__name__)
+FEATURES_VERSION = 1  # bump when the way features are computed changes
+
+
+def network_key(net: nn.Module, image_size: Any) -> str:
+    """A short hash of the network's architecture, every backbone tensor and the input size."""
+    digest = hashlib.sha256(f"{FEATURES_VERSION}\0{getattr(net, 'arch', type(net).__name__)}\0"
+                            f"{image_size}".encode())
+    for name, tensor in net.backbone.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:24]
+
+
+class FeatureCache:
+    """Pooled backbone features per photo, in ``<cache_dir>/features/<network key>.pt``."""
+
+    def __init__(self, cache_dir: str | Path, key: str) -> None:
+        self.path = Path(cache_dir) / "features" / f"{key}.pt"
+        self.entries: dict[str, torch.Tensor] = {}
+        if self.path.is_file():
+            try:
+                self.entries = dict(torch.load(self.path, map_location="cpu", weights_only=True))
+            except Exception:  # a damaged cache is recomputed, never trusted
+                log.warning("Feature cache %s cannot be read: recomputing it", self.path)
+        self.hits = self.misses = 0
+
+    @staticmethod
+    def photo_key(path: str) -> str:
+        return fingerprint([path], "features")
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.path) as tmp:
+            torch.save(self.entries, tmp)
+
+
+@torch.inference_mode()
+def backbone_features(net: nn.Module, dataset: ImageListDataset, cache: FeatureCache, batch_size: int = 32,
+                      num_workers: int = 0) -> torch.Tensor:
+    """``(len(dataset), features)`` for the photos of ``dataset``: from ``cache`` where it has them,
+    computed (eval mode, fp32, the images predict.py sees) and added to it where not."""
+    keys = [cache.photo_key(path) for path, _ in dataset.samples]
+    todo = [i for i, k in enumerate(keys) if k not in cache.entries]
+    cache.hits, cache.misses = cache.hits + len(keys) - len(todo), cache.misses + len(todo)
+    if todo:
+        was_training = net.training
+        net.eval()
+        subset = torch.utils.data.Subset(dataset, todo)
+        loader = DataLoader(subset, batch_size=batch_size, num_workers=num_workers)
+        done = 0
+        for batch in loader:
+            images = to_unit_float(batch[0]).contiguous(memory_format=torch.channels_last)
+            feats = net.features(images).float()
+            for j, f in enumerate(feats):
+                cache.entries[keys[todo[done + j]]] = f.clone()
+            done += len(feats)
+        net.train(was_training)
+        cache.save()
+    return torch.stack([cache.entries[k] for k in keys])
+
+
+def fit_linear_head(features: torch.Tensor, labels: Sequence[int], num_classes: int, c: float = 1.0,
+                    max_iter: int = 2000, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weight, bias) of a linear layer equal to a multinomial logistic regression fitted on the
+    standardised ``features`` (scikit-learn), with the standardisation folded in."""
+    from sklearn.linear_model import LogisticRegression
+
+    x = features.double().numpy()
+    y = np.asarray(labels)
+    present = sorted(set(y.tolist()))
+    if len(present) < 2:
+        raise ProductCNNError("the probe needs training photos of at least two classes")
+    mean, scale = x.mean(0), x.std(0)
+    scale[scale < 1e-12] = 1.0
+    model = LogisticRegression(C=c, max_iter=max_iter, random_state=seed)
+    model.fit((x - mean) / scale, y)
+    coef = np.zeros((num_classes, x.shape[1]))
+    intercept = np.full(num_classes, -1e4)  # a class with no training photo is never predicted
+    rows, icpt = model.coef_, model.intercept_
+    if len(present) == 2:  # scikit-learn's binary form: one row for the second class against the first
+        rows, icpt = np.vstack([-rows[0] / 2, rows[0] / 2]), np.array([-icpt[0] / 2, icpt[0] / 2])
+    coef[present], intercept[present] = rows, icpt
+    weight = coef / scale
+    bias = intercept - weight @ mean
+    return torch.tensor(weight, dtype=torch.float32), torch.tensor(bias, dtype=torch.float32)
+
+
+def fit_probe_head(options: Any, model: L.LightningModule, datamodule: ProductDataModule,
+                   seed: int | None = 0) -> None:
+    """Set the network's head to a logistic regression fitted on the frozen backbone's cached
+    features of the training photos: the probe itself, or the start of a fine-tune (LP-FT)."""
+    net = model.net
+    if not hasattr(net, "features"):
+        raise ProductCNNError(f"probe=... needs a pretrained timm network (model=tf_efficientnet_lite0), "
+                              f"not model.arch={model.hparams.arch}")
+    if not (model.hparams.pretrained or model.hparams.weights_path):
+        log.warning("The probe's backbone has random weights: model.pretrained=true gives ImageNet features")
+    options = dict(options)
+    start = time.perf_counter()
+    cache = FeatureCache(datamodule.cache_dir, network_key(net, model.hparams.image_size))
+    train = datamodule.dataset("train")
+    hp = datamodule.hparams
+    features = backbone_features(net, train, cache, hp.batch_size, hp.num_workers)
+    labels = [label for _, label in train.samples]
+    weight, bias = fit_linear_head(features, labels, len(model.class_names), float(options.get("c", 1.0)),
+                                   int(options.get("max_iter", 2000)), seed or 0)
+    with torch.no_grad():
+        net.head.weight.copy_(weight)
+        net.head.bias.copy_(bias)
+    log.info("Probe: features of %d training photos (%d from the cache %s), linear head fitted in %.1f s",
+             len(train), cache.hits, cache.path, time.perf_counter() - start)
+
+
+def save_probe(cfg: DictConfig, model: L.LightningModule, datamodule: ProductDataModule) -> dict[str, float]:
+    """``experiment=probe``'s end: ``checkpoints/probe.ckpt`` (a complete Lightning checkpoint,
+    written by a Trainer that runs no epoch) and the usual test report, from that checkpoint."""
+    probe_cfg = cfg.copy()
+    with open_dict(probe_cfg):
+        probe_cfg.trainer.max_epochs = 0  # nothing to train: the fit sets up a checkpointable run
+    trainer = build_trainer(probe_cfg, validate=False)
+    trainer.fit(model, datamodule=datamodule, weights_only=True)
+    ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "probe.ckpt"
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    trainer.save_checkpoint(ckpt)
+    metrics: dict[str, float] = {}
+    if cfg.get("test", True):
+        log.info("Testing the probe's checkpoint: %s", ckpt)
+        model.tta = cfg.get("tta", "none")
+        results = trainer.test(model, datamodule=datamodule, ckpt_path=str(ckpt), weights_only=True)
+        metrics.update(results[0] if results else {})
+    return metrics

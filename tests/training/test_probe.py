@@ -1,0 +1,87 @@
+"""experiment=probe: cached backbone features, a fitted linear head, an ordinary checkpoint."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from product_cnn.data.images import load_image
+from product_cnn.inference.predictor import Predictor
+from product_cnn.tasks import train
+from product_cnn.training.probe import FeatureCache
+from tests.helpers import FAST, compose_cfg, write_image
+
+PROBE = ["experiment=probe", "data.image_size=32"]
+
+
+def _probe(root: Path, out: Path, cache: Path, *overrides: str, caplog) -> tuple[dict, int, int, Path]:
+    """Run the probe; return (metrics, training photos, of them from the cache, output folder)."""
+    cfg = compose_cfg("train", [*FAST, *PROBE, f"data.root={root}", *overrides], out, cache)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="product_cnn.training.probe"):
+        metrics = train(cfg)
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("Probe: features"))
+    found = re.match(r"Probe: features of (\d+) training photos \((\d+) from", line)
+    total, cached = int(found.group(1)), int(found.group(2))
+    return metrics, total, cached, Path(cfg.paths.output_dir)
+
+
+def test_features_are_cached_and_invalidated_by_a_changed_photo_or_network(tree_factory, tmp_path, caplog):
+    root = tree_factory({"Bags": 8, "Cups": 8, "Pens": 8})
+    cache = tmp_path / "cache"
+    metrics, total, cached, out = _probe(root, tmp_path / "a", cache, caplog=caplog)
+    assert cached == 0 and total > 0 and 0 <= metrics["test/acc"] <= 1
+    assert (out / "checkpoints" / "probe.ckpt").is_file() and (out / "metrics.json").is_file()
+    _, total2, cached2, _ = _probe(root, tmp_path / "b", cache, caplog=caplog)
+    assert (total2, cached2) == (total, total)  # the second run computes nothing
+    with (out / "test_predictions.csv").open() as f:
+        tested = {row["path"] for row in csv.DictReader(f)}
+    photo = next(p for p in sorted(root.rglob("*.jpg")) if p.relative_to(root).as_posix() not in tested)
+    write_image(photo, (0, 0, 0), seed=12345, size=(50, 40))  # a changed training photo (the test's own)
+    _, total3, cached3, _ = _probe(root, tmp_path / "c", cache, caplog=caplog)
+    assert (total3, cached3) == (total, total - 1)
+    _, _, cached4, _ = _probe(root, tmp_path / "d", cache, "model.pretrained=false", caplog=caplog)
+    assert cached4 == 0  # other weights: another network, nothing reused
+
+
+def test_the_probe_checkpoint_predicts_what_features_and_head_predict(tree_factory, tmp_path, caplog):
+    from sklearn.linear_model import LogisticRegression
+
+    root = tree_factory({"Bags": 8, "Cups": 8, "Pens": 8})
+    cache = tmp_path / "cache"
+    _, _, _, out = _probe(root, tmp_path / "run", cache, caplog=caplog)
+    ckpt = out / "checkpoints" / "probe.ckpt"
+    saved = torch.load(ckpt, weights_only=True)
+    assert saved["hyper_parameters"]["arch"] == "tf_efficientnet_lite0"
+    predictor = Predictor.from_checkpoint(ckpt, device="cpu")
+    features_file = next((cache / "features").glob("*.pt"))
+    entries = torch.load(features_file, weights_only=True)
+    photos = sorted(str(p) for p in root.rglob("*.jpg"))
+    known = [p for p in photos if FeatureCache.photo_key(p) in entries]
+    x = torch.stack([entries[FeatureCache.photo_key(p)] for p in known]).double().numpy()
+    y = [predictor.class_names.index(Path(p).parent.name) for p in known]
+    mean, scale = x.mean(0), x.std(0)
+    scale[scale < 1e-12] = 1
+    head = LogisticRegression(C=1.0, max_iter=2000, random_state=42).fit((x - mean) / scale, y)
+    want = head.predict_proba((x - mean) / scale)
+    batch = torch.stack([load_image(p, 32) for p in known])
+    got = predictor.probabilities(batch).double().numpy()
+    assert len(known) >= 12 and np.abs(got - want).max() < 1e-5
+
+
+@pytest.mark.shared_data
+def test_the_probe_reaches_085_over_five_folds_of_slash5(shared_slash5, tmp_path):
+    accuracies = []
+    for fold in range(5):
+        cfg = compose_cfg("train", ["experiment=probe", f"data.root={shared_slash5}", "data.folds=5",
+                                    f"data.fold={fold}", "trainer.accelerator=cpu", "data.num_workers=0",
+                                    "callbacks.rich_progress_bar=null", "callbacks.model_summary=null"],
+                          tmp_path / f"fold{fold}", tmp_path / "cache")
+        accuracies.append(train(cfg)["test/acc"])
+    assert np.mean(accuracies) >= 0.85, accuracies
