@@ -185,13 +185,19 @@ class ProductClassifier(L.LightningModule):
         return self.net.backbone
 
     def train(self, mode: bool = True) -> ProductClassifier:
-        """Lightning's train/eval switch; with ``freeze_bn`` the backbone's BatchNorm stays in eval mode."""
+        """The train/eval switch; with ``freeze_bn`` the backbone's BatchNorm stays in eval mode."""
         super().train(mode)
         if mode and self.hparams.get("freeze_bn") and hasattr(self.net, "backbone"):
             for module in self.net.backbone.modules():
                 if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
                     module.eval()
         return self
+
+    def on_fit_start(self) -> None:
+        # Lightning keeps each submodule's mode as it finds it (and restores it after validation)
+        # instead of calling train(): freeze the BatchNorm statistics here, before any epoch
+        if self.training:
+            self.train()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for a float batch in [0, 1]."""
