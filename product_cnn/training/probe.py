@@ -156,7 +156,7 @@ def save_probe(cfg: DictConfig, model: L.LightningModule, datamodule: ProductDat
     trainer.fit(model, datamodule=datamodule, weights_only=True)
     ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "probe.ckpt"
     ckpt.parent.mkdir(parents=True, exist_ok=True)
-    trainer.save_checkpoint(ckpt)
+    trainer.save_checkpoint(ckpt, weights_only=False)  # a complete checkpoint, as train.py writes
     metrics: dict[str, float] = {}
     if cfg.get("test", True):
         log.info("Testing the probe's checkpoint: %s", ckpt)
