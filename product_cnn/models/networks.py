@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torchvision.models import get_model, get_model_weights
 
-from product_cnn.data.images import ImageSize
+from product_cnn.data.images import ImageSize, image_hw
 from product_cnn.errors import CheckpointError, ProductCNNError
 from product_cnn.models.mirror import KerasCNN
 from product_cnn.models.pretrained import (
@@ -103,7 +103,7 @@ class TimmNet(nn.Module):
     config names, timm's model without its classifier, a fresh linear head for our classes."""
 
     def __init__(self, arch: str, num_classes: int, pretrained: bool = False,
-                 weights_path: str | None = None) -> None:
+                 weights_path: str | None = None, image_size: ImageSize | None = None) -> None:
         super().__init__()
         import timm
 
@@ -111,7 +111,11 @@ class TimmNet(nn.Module):
         self.backbone = timm.create_model(arch, pretrained=False, num_classes=0)
         cfg = self.backbone.pretrained_cfg or {}
         self.normalize = Normalize(tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD)))
-        self.input_size = tuple(cfg.get("input_size", (3, 224, 224)))[1:]
+        trained_at = tuple(cfg.get("input_size", (3, 0, 0)))[1:]
+        if (pretrained or weights_path) and image_size is not None and trained_at[0] \
+                and tuple(image_hw(image_size)) != trained_at:
+            log.info("%s was pretrained at %dx%d; this run feeds it %s (data.image_size=%d matches it)",
+                     arch, *trained_at, "x".join(map(str, image_hw(image_size))), trained_at[0])
         if weights_path:
             self._load(read_state_dict(weights_path), f"weights file {weights_path}")
         elif pretrained:
@@ -188,7 +192,7 @@ def build_network(arch: str = MIRROR, num_classes: int = 5, image_size: ImageSiz
     if arch in TORCHVISION:
         return TorchvisionNet(arch, num_classes, pretrained, weights_path)
     if is_timm(arch):
-        return TimmNet(arch.removeprefix("timm/"), num_classes, pretrained, weights_path)
+        return TimmNet(arch.removeprefix("timm/"), num_classes, pretrained, weights_path, image_size)
     raise ProductCNNError(f"unknown architecture {arch!r}: choose one of {', '.join(ARCHITECTURES)} or a "
                           "timm architecture (python -c 'import timm; print(timm.list_models())')")
 
