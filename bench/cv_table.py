@@ -2,12 +2,16 @@
 
     python bench/cv_table.py outputs/train/multirun_A outputs/train/multirun_B ...
     python bench/cv_table.py --ensemble outputs/train/multirun_A outputs/train/multirun_B
+    python bench/cv_table.py --merge merged/ outputs/train/multirun_A outputs/train/multirun_B
 
 A row per sweep (per setting, when a sweep holds several): its overrides, completed folds,
 accuracy and macro F1 as mean +- sd over the folds, and the pooled out-of-fold accuracy and
 macro F1. Used to compare settings on the same folds (same data and data.split_seed).
 With ``--ensemble``, one more row: the sweeps' models averaged (each photo's out-of-fold
 probabilities, see product_cnn.evaluation.cv.ensemble_summary), with its per-fold accuracies.
+With ``--merge OUT``: the folds of several sweeps of one setting (e.g. folds 0-2 of a screen and
+folds 3-4 run later with the same overrides) linked into the new folder OUT (nothing is copied
+or moved) and summarised there as one sweep; a fold that two sweeps both ran is refused.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import json
 import sys
 from pathlib import Path
 
-from product_cnn.evaluation.cv import ensemble_summary
+from product_cnn.evaluation.cv import ensemble_summary, find_fold_runs, write_cv_summary
 
 
 def rows(sweep: Path) -> list[dict]:
@@ -36,9 +40,31 @@ def line(s: dict) -> str:
             f"{pooled.get('accuracy', float('nan')):.3f} | {pooled_f1:.3f} |")
 
 
+def merge(out: Path, sweeps: list[Path]) -> Path:
+    """Link the fold runs of ``sweeps`` into ``out`` (a new folder) and write its summary there."""
+    if out.exists():
+        raise SystemExit(f"--merge {out}: the folder exists; give a new one")
+    runs = [(sweep, run) for sweep in sweeps for run in find_fold_runs(sweep)]
+    seen: dict[tuple, Path] = {}
+    for sweep, run in runs:
+        key = (run.setting, run.fold)
+        if key in seen:
+            raise SystemExit(f"fold {run.fold} of {' '.join(run.setting)} is in {seen[key]} and {sweep}")
+        seen[key] = sweep
+    out.mkdir(parents=True)
+    for i, (_, run) in enumerate(runs):
+        (out / str(i)).symlink_to(run.job_dir.resolve(), target_is_directory=True)
+    write_cv_summary(out)
+    return out
+
+
 def main() -> None:
     args = sys.argv[1:]
     ensemble = "--ensemble" in args
+    if "--merge" in args:
+        i = args.index("--merge")
+        out, sweeps = Path(args[i + 1]), [Path(a) for a in args[i + 2:] + args[:i]]
+        args = [str(merge(out, sweeps))]
     sweeps = [Path(a) for a in args if a != "--ensemble"]
     if not sweeps or (ensemble and len(sweeps) < 2):
         raise SystemExit(__doc__)
