@@ -109,15 +109,17 @@ def read_state_dict(path: str | Path, what: str = "model.weights_path") -> dict[
 
 def hub_weights(arch: str) -> dict[str, torch.Tensor]:
     """timm's pretrained weights for ``arch`` (Hugging Face cache, or downloaded into it); without
-    network, one line that says which file to put where."""
+    network, one line that says which file to put where (at once, not after the hub's retries)."""
     import timm
 
+    cfg = timm.get_pretrained_cfg(arch)
+    hub_id = getattr(cfg, "hf_hub_id", None)
+    source = f"https://huggingface.co/{hub_id}" if hub_id else getattr(cfg, "url", None) or "timm's hub"
     try:
+        if hub_id and not _in_hf_cache(hub_id) and not _reachable("huggingface.co"):
+            raise OSError("huggingface.co cannot be reached")
         return timm.create_model(arch, pretrained=True).state_dict()
     except Exception as err:  # offline: huggingface_hub / urllib errors of many kinds
-        cfg = timm.get_pretrained_cfg(arch)
-        source = (f"https://huggingface.co/{cfg.hf_hub_id}" if cfg and cfg.hf_hub_id
-                  else getattr(cfg, "url", None) or "timm's hub")
         from huggingface_hub.constants import HF_HUB_CACHE
 
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
@@ -131,3 +133,24 @@ def hub_weights(arch: str) -> dict[str, torch.Tensor]:
             f"machine without network, download them elsewhere into the Hugging Face cache ({HF_HUB_CACHE}) "
             f"or pass model.weights_path=<a state dict in timm's layout>"
         ) from None
+
+
+def _in_hf_cache(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return any(isinstance(try_to_load_from_cache(repo_id, name), str)
+               for name in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"))
+
+
+def _reachable(host: str, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to ``host``:443 opens (HF_HUB_OFFLINE=1 counts as no)."""
+    import os
+    import socket
+
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
