@@ -53,7 +53,7 @@ class ProductClassifier(L.LightningModule):
     """Trains a network (:mod:`product_cnn.models.networks`: the Keras mirror by default) with
     cross-entropy on logits; inference returns softmax.
 
-    ``arch`` names the network; ``pretrained``/``weights_path`` load a torchvision backbone.
+    ``arch`` names the network; ``pretrained``/``weights_path`` load a torchvision or timm backbone.
     ``optimizer`` and ``scheduler`` are Hydra-style dicts (``_target_`` plus arguments),
     instantiated in :meth:`configure_optimizers`; ``schedule`` (cosine, onecycle) with
     ``warmup_epochs`` is the per-batch alternative to ``scheduler``; ``backbone_lr_ratio`` scales
@@ -181,7 +181,7 @@ class ProductClassifier(L.LightningModule):
         """The pretrained part of the network (for Lightning's ``BackboneFinetuning``)."""
         if not hasattr(self.net, "backbone"):
             raise ProductCNNError(f"model {self.hparams.arch} has no pretrained backbone to fine-tune: "
-                                  "callbacks=finetune needs a torchvision model, e.g. model=resnet18")
+                                  "callbacks=finetune needs a timm or torchvision model, e.g. model=resnet18")
         return self.net.backbone
 
     def train(self, mode: bool = True) -> ProductClassifier:
