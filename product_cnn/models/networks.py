@@ -130,20 +130,12 @@ class TimmNet(nn.Module):
 
     def _load(self, state: dict[str, torch.Tensor], what: str) -> None:
         if is_lite_layout(state):
-            full = self._with_classifier(state)
-            state = lite_to_timm(state, full, what)
+            state = lite_to_timm(state, self.backbone, what)
         head = self.backbone.default_cfg.get("classifier", "classifier")
         given = {k: v for k, v in state.items() if not k.startswith(head + ".")}
         _check_fits(self.backbone.state_dict(), given, what, f"timm's {self.arch}")
         self.backbone.load_state_dict(given)
         log.info("Loaded %s into the %s backbone; new linear head", what, self.arch)
-
-    def _with_classifier(self, state: dict[str, torch.Tensor]) -> nn.Module:
-        """A throwaway copy of the network with a classifier of the file's size, to map its keys onto."""
-        import timm
-
-        classes = state["_fc.weight"].shape[0] if "_fc.weight" in state else 1000
-        return timm.create_model(self.arch, pretrained=False, num_classes=classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(self.normalize(x)))

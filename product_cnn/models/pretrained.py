@@ -51,9 +51,10 @@ def is_lite_layout(state: Mapping[str, torch.Tensor]) -> bool:
 
 
 def lite_to_timm(state: Mapping[str, torch.Tensor], model: nn.Module, what: str) -> dict[str, torch.Tensor]:
-    """``state`` (lukemelas' layout) renamed to the keys of timm's EfficientNet ``model``, every
-    tensor checked against the network's: a key that maps nowhere, a tensor of another shape, or
-    a tensor of the network left without a value raises :class:`CheckpointError` in one line."""
+    """``state`` (lukemelas' layout) renamed to the keys of timm's EfficientNet ``model`` (its
+    ImageNet head left out when ``model`` has none), every tensor checked against the network's:
+    a key that maps nowhere, a tensor of another shape, or a tensor of the network left without a
+    value raises :class:`CheckpointError` in one line."""
     expected = model.state_dict()
     stages = [len(stage) for stage in model.blocks]
     flat = [(s, j) for s, n in enumerate(stages) for j in range(n)]
@@ -61,6 +62,8 @@ def lite_to_timm(state: Mapping[str, torch.Tensor], model: nn.Module, what: str)
     mapped: dict[str, torch.Tensor] = {}
     for key, tensor in state.items():
         name = _timm_name(key, flat, expanded)
+        if name is not None and name.startswith("classifier.") and name not in expected:
+            continue  # ImageNet's head, for a network built without one (ours gets a new head)
         if name is None or name not in expected:
             raise CheckpointError(f"{what} does not fit timm's {type(model).__name__}: {key} has no place "
                                   f"in it ({len(stages)} stages of {stages} blocks)")
