@@ -25,6 +25,7 @@ from product_cnn.evaluation.cv import sweep_of, write_cv_summary
 from product_cnn.evaluation.sweep import check_optimized_metric, in_multirun, record_job_failure
 from product_cnn.models.summary import format_summary, summarize_network
 from product_cnn.runtime import quiet_lightning, tune_malloc
+from product_cnn.training.calibrate import calibrate_after_fit
 from product_cnn.training.checkpoint import read_checkpoint
 from product_cnn.training.final_test import best_score, test_after_fit
 from product_cnn.training.module import ProductClassifier, check_tta
@@ -62,7 +63,6 @@ def run(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
 
 def _format_metrics(metrics: dict[str, float]) -> str:
     return "  ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
-
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit the model, then test the best checkpoint; return all final metrics."""
     tune_malloc()
@@ -85,12 +85,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if resumed is not None:
         check_resume_fits(ckpt_path, resumed, model, datamodule.hparams.root)
     if cfg.get("probe"):  # a linear head on cached features: experiment=probe, or LP-FT's first step
-        fit_probe_head(cfg.probe, model, datamodule, cfg.get("seed"))
+        fit_probe_head(cfg.probe, model, datamodule, cfg.get("seed"), cfg.get("confidence"))
         if not cfg.probe.get("finetune"):
             return save_probe(cfg, model, datamodule)
     trainer = build_trainer(cfg, validate=has_val)
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()} | best_score(trainer)
+    if has_val and (cfg.get("confidence") or {}).get("fit", True):
+        calibrate_after_fit(trainer, model, datamodule, tta, cfg.get("confidence"))
     if cfg.get("test", True):
         metrics.update(test_after_fit(trainer, model, datamodule, has_val, tta))
         log.info("Test: %s", _format_metrics({k: v for k, v in metrics.items() if k.startswith("test/")}))

@@ -15,6 +15,12 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from matplotlib.figure import Figure
 
+from product_cnn.evaluation.confidence_report import (
+    confidence_section,
+    coverage_figure,
+    reliability_figure,
+    write_confidence_figures,
+)
 from product_cnn.evaluation.reports import (
     PREDICTIONS_FILE,
     build_report,
@@ -120,8 +126,8 @@ class TestPredictionGrid(Callback):
 
 class ReportWriter(Callback):
     """After testing, write metrics.json, classification_report.txt, confusion_matrix.png,
-    curves.png and test_predictions.csv (one row per test photo) into ``dirpath``, and the
-    hyperparameters with the final metrics to TensorBoard."""
+    curves.png, test_predictions.csv (one row per test photo), calibration.png and coverage.png
+    into ``dirpath``, and the hyperparameters, final metrics and the two figures to TensorBoard."""
 
     def __init__(self, dirpath: str) -> None:
         self.dirpath = dirpath
@@ -137,16 +143,36 @@ class ReportWriter(Callback):
             context["data_root"] = datamodule.hparams.root
             context["split_sizes"] = {split: sum(c) for split, c in datamodule.counts().items()}
         report = build_report(record.test_report, record.class_names, **context)
-        paths = write_report(self.dirpath, report, record.history)
-        if record.test_predictions is not None and hasattr(datamodule, "split_samples"):
+        per_photo = record.test_predictions is not None and hasattr(datamodule, "split_samples")
+        if per_photo and record.test_raw_probs is not None:
             indices, probs = record.test_predictions
+            labels = torch.tensor([datamodule.split_samples["test"][int(i)][1] for i in indices])
+            report["confidence"] = confidence_section(probs, record.test_raw_probs, labels,
+                                                      record.temperature, record.confidence)
+        paths = write_report(self.dirpath, report, record.history)
+        if per_photo:
+            indices, probs = record.test_predictions
+            raw = record.test_raw_probs
             paths.append(write_test_predictions(
                 Path(self.dirpath, PREDICTIONS_FILE), datamodule.split_samples["test"],
-                datamodule.hparams.root, record.class_names, indices.tolist(), probs.numpy()))
+                datamodule.hparams.root, record.class_names, indices.tolist(), probs.numpy(),
+                raw.numpy() if raw is not None else None))
+            if "confidence" in report:
+                paths += write_confidence_figures(self.dirpath, probs, raw, labels)
+                self._log_figures(trainer, probs, raw, labels)
         log.info("Report: %s", ", ".join(str(p) for p in paths))
         log.info("Classification report (test split, %d images):\n%s", report["num_samples"],
                  Path(self.dirpath, "classification_report.txt").read_text().rstrip())
         self._log_hparams(trainer, pl_module, report, record.history)
+
+    @staticmethod
+    def _log_figures(trainer: L.Trainer, probs: torch.Tensor, raw: torch.Tensor,
+                     labels: torch.Tensor) -> None:
+        tb = _tensorboard(trainer)
+        if tb is not None:
+            step = trainer.global_step
+            tb.experiment.add_figure("test/calibration", reliability_figure(probs, raw, labels), step)
+            tb.experiment.add_figure("test/coverage", coverage_figure(probs, labels), step)
 
     @staticmethod
     def _log_hparams(trainer: L.Trainer, pl_module: L.LightningModule, report: dict[str, Any],

@@ -82,6 +82,10 @@ def format_classification_report(report: dict[str, Any]) -> str:
         row = report[avg]
         lines.append(f"{avg + ' avg':>{width}}  {row['precision']:>9.4f}  {row['recall']:>9.4f}  "
                      f"{row['f1']:>9.4f}  {total:>9d}")
+    if report.get("confidence"):
+        from product_cnn.evaluation.confidence_report import confidence_lines
+
+        lines += ["", *confidence_lines(report["confidence"])]
     return "\n".join(lines) + "\n"
 
 
@@ -162,15 +166,25 @@ def prediction_columns(class_names: Sequence[str]) -> list[str]:
     return [f"prob_{name}" for name in class_names]
 
 
+def raw_columns(class_names: Sequence[str]) -> list[str]:
+    """The probabilities before temperature scaling: ``raw_prob_<class>``."""
+    return [f"raw_prob_{name}" for name in class_names]
+
+
 def write_test_predictions(path: str | Path, samples: Sequence[tuple[str, int]], root: str,
-                           class_names: Sequence[str], indices: Sequence[int], probs: np.ndarray) -> Path:
-    """One row per test photo: path (relative to ``root``), label, predicted, the probabilities."""
+                           class_names: Sequence[str], indices: Sequence[int], probs: np.ndarray,
+                           raw_probs: np.ndarray | None = None) -> Path:
+    """One row per test photo: path (relative to ``root``), label, predicted, the (calibrated)
+    probabilities, and those before temperature scaling when given."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["path", "label", "predicted", *prediction_columns(class_names)])
-    for index, row in zip(indices, np.asarray(probs), strict=True):
+    raw = np.asarray(raw_probs) if raw_probs is not None else None
+    writer.writerow(["path", "label", "predicted", *prediction_columns(class_names),
+                     *(raw_columns(class_names) if raw is not None else [])])
+    for n, (index, row) in enumerate(zip(indices, np.asarray(probs), strict=True)):
         file, label = samples[int(index)]
         writer.writerow([os.path.relpath(file, root).replace(os.sep, "/"), class_names[label],
-                         class_names[int(row.argmax())], *(f"{p:.6f}" for p in row)])
+                         class_names[int(row.argmax())], *(f"{p:.6f}" for p in row),
+                         *(f"{p:.6f}" for p in (raw[n] if raw is not None else []))])
     write_text(path, buffer.getvalue())
     return Path(path)

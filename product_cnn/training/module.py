@@ -18,6 +18,8 @@ from torchmetrics.classification import (
     MulticlassRecall,
 )
 
+from product_cnn.confidence.card import ConfidenceCard
+from product_cnn.confidence.temperature import calibrated_probs
 from product_cnn.data.images import ImageSize, image_hw
 from product_cnn.errors import CheckpointError, ProductCNNError
 from product_cnn.models.networks import MIRROR, build_network
@@ -139,7 +141,9 @@ class ProductClassifier(L.LightningModule):
         # queue of a GPU that is faster than Python); batching the updates leaves one per flush.
         self._pending: dict[str, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {
             stage: [] for stage in STAGES}
-        self._test_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []  # (indices, probabilities)
+        # (indices, probabilities before and after temperature scaling, side by side)
+        self._test_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.confidence: ConfidenceCard | None = None  # fitted on held-out photos after training
 
     @classmethod
     def from_checkpoint_dict(cls, checkpoint: Mapping[str, Any], load_weights: bool = True,
@@ -160,6 +164,7 @@ class ProductClassifier(L.LightningModule):
         model.check_weights_fit(checkpoint["state_dict"], name)
         if load_weights:
             model.load_state_dict(checkpoint["state_dict"])
+        model.confidence = ConfidenceCard.from_dict(checkpoint.get("confidence"))
         return model
 
     def check_weights_fit(self, state: Mapping[str, torch.Tensor], name: str = "the checkpoint") -> None:
@@ -203,16 +208,31 @@ class ProductClassifier(L.LightningModule):
         """Logits for a float batch in [0, 1]."""
         return self.net(x.contiguous(memory_format=self.memory_format))
 
+    def views(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """The logits of each view ``tta`` asks for: the images, and with ``flip`` their mirrors."""
+        return [self(images)] if self.tta == "none" else [self(images), self(images.flip(-1))]
+
+    @staticmethod
+    def _merge(views: list[torch.Tensor]) -> torch.Tensor:
+        """One view's logits, or the log of the views' mean probabilities."""
+        if len(views) == 1:
+            return views[0]
+        return torch.log(torch.stack([torch.softmax(v.float(), 1) for v in views]).mean(0))
+
     def _evaluate(self, images: torch.Tensor) -> torch.Tensor:
         """Logits, or with ``tta="flip"`` the log of the mean probabilities of images and mirrors."""
-        if self.tta == "none":
-            return self(images)
-        probs = torch.softmax(self(images).float(), 1) + torch.softmax(self(images.flip(-1)).float(), 1)
-        return torch.log(probs / 2)
+        return self._merge(self.views(images))
 
-    def _step(self, batch: Any, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
+    @property
+    def temperature(self) -> float:
+        """The fitted temperature (1 until calibrated): predictions divide their logits by it."""
+        return self.confidence.temperature if self.confidence is not None else 1.0
+
+    def _step(self, batch: Any, stage: str, logits: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = batch[0], batch[1]
-        logits = self(images) if stage == "train" else self._evaluate(images)
+        if logits is None:
+            logits = self(images) if stage == "train" else self._evaluate(images)
         if stage == "train":
             loss = F.cross_entropy(logits, labels, weight=self.class_weights,
                                    label_smoothing=self.hparams.label_smoothing)
@@ -256,16 +276,17 @@ class ProductClassifier(L.LightningModule):
         self._step(batch, "val")
 
     def test_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
-        _, logits = self._step(batch, "test")
-        probs = torch.softmax(logits.float(), dim=1)
+        views = self.views(batch[0])
+        self._step(batch, "test", self._merge(views))
+        raw, probs = calibrated_probs(views, 1.0), calibrated_probs(views, self.temperature)
         if len(batch) > 2:  # (images, labels, indices): keep each photo's probabilities
-            self._test_outputs.append((batch[2], probs))
+            self._test_outputs.append((batch[2], torch.cat([raw, probs], 1)))
         return {"probs": probs}
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
-        """Class probabilities (softmax) for a batch."""
+        """Class probabilities (softmax, temperature-scaled when calibrated) for a batch."""
         images = batch[0] if isinstance(batch, (list, tuple)) else batch
-        return torch.softmax(self._evaluate(images).float(), dim=1)
+        return calibrated_probs(self.views(images), self.temperature)
 
     def on_train_epoch_end(self) -> None:
         train = self._log_epoch("train")
@@ -290,7 +311,14 @@ class ProductClassifier(L.LightningModule):
         self._log_epoch("test")  # flushes the pending test steps into the report metrics too
         self.record.test_report = {k: v.cpu() for k, v in self.test_report_metrics.compute().items()}
         self.test_report_metrics.reset()
-        self.record.test_predictions = self._gather_test_outputs()
+        gathered = self._gather_test_outputs()
+        self.record.test_predictions = self.record.test_raw_probs = None
+        if gathered is not None:
+            indices, both = gathered
+            raw, probs = both.chunk(2, dim=1)
+            self.record.test_predictions, self.record.test_raw_probs = (indices, probs), raw
+        self.record.temperature = self.temperature
+        self.record.confidence = self.confidence
         self._test_outputs = []
 
     def _gather_test_outputs(self) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -313,6 +341,8 @@ class ProductClassifier(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["metric_history"] = [dict(h) for h in self.record.history]
+        if self.confidence is not None:
+            checkpoint["confidence"] = self.confidence.to_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Resuming or evaluating a checkpoint: take its history. Testing the best checkpoint
@@ -320,6 +350,8 @@ class ProductClassifier(L.LightningModule):
         saved = [dict(h) for h in checkpoint.get("metric_history", [])]
         if len(saved) >= len(self.record.history):
             self.record.history = saved
+        if "confidence" in checkpoint:
+            self.confidence = ConfidenceCard.from_dict(checkpoint["confidence"])
 
     def _param_groups(self) -> list[dict[str, Any]]:
         """Trainable parameters only (a frozen backbone joins later: BackboneFinetuning); with

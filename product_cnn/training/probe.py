@@ -26,10 +26,14 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from product_cnn.atomic import atomic_path
+from product_cnn.confidence.card import ConfidenceCard, card_from_heldout
+from product_cnn.confidence.novelty import BANK_SIZE, feature_bank, similarity
+from product_cnn.confidence.temperature import calibrated_probs, fit_temperature
 from product_cnn.data.cache import fingerprint
 from product_cnn.data.datamodule import ImageListDataset, ProductDataModule
 from product_cnn.data.images import to_unit_float
 from product_cnn.errors import ProductCNNError
+from product_cnn.training.calibrate import FALSE_UNKNOWN, add_unknown
 from product_cnn.training.trainer import build_trainer
 
 log = logging.getLogger(__name__)
@@ -120,10 +124,41 @@ def fit_linear_head(features: torch.Tensor, labels: Sequence[int], num_classes: 
     return torch.tensor(weight, dtype=torch.float32), torch.tensor(bias, dtype=torch.float32)
 
 
+def cross_fit_card(features: torch.Tensor, labels: Sequence[int], num_classes: int, c: float, max_iter: int,
+                   seed: int, folds: int = 5, confidence: Any = None) -> ConfidenceCard | None:
+    """The probe's confidence card without a validation split: ``folds`` heads, each fitted on the
+    other folds' training photos, predict the photos they did not see (the temperature, operating
+    points and unknown threshold come from those predictions); the bank holds every training photo."""
+    from sklearn.model_selection import StratifiedKFold
+
+    confidence = dict(confidence or {})
+    y = np.asarray(labels)
+    folds = min(folds, int(np.bincount(y).min()) if len(y) else 0)
+    if folds < 2:
+        log.warning("Too few photos per class to cross-fit the probe's calibration: not calibrated")
+        return None
+    logits = torch.zeros(len(y), num_classes)
+    scores = torch.zeros(len(y))
+    for fit_idx, held_idx in StratifiedKFold(folds, shuffle=True, random_state=seed).split(y, y):
+        weight, bias = fit_linear_head(features[fit_idx], y[fit_idx].tolist(), num_classes, c, max_iter, seed)
+        logits[held_idx] = features[held_idx] @ weight.T + bias
+        scores[held_idx] = similarity(features[held_idx], feature_bank(features[fit_idx]))
+    target = torch.as_tensor(y).long()
+    temperature = fit_temperature(logits, target)
+    source = f"cross-fitted on the training photos ({folds} folds, {len(y)} photos)"
+    card = card_from_heldout(temperature, source, calibrated_probs(logits, 1.0),
+                             calibrated_probs(logits, temperature), target)
+    add_unknown(card, feature_bank(features, int(confidence.get("bank_size", BANK_SIZE))), scores,
+                float(confidence.get("false_unknown", FALSE_UNKNOWN)))
+    return card
+
+
 def fit_probe_head(options: Any, model: L.LightningModule, datamodule: ProductDataModule,
-                   seed: int | None = 0) -> None:
+                   seed: int | None = 0, confidence: Any = None) -> None:
     """Set the network's head to a logistic regression fitted on the frozen backbone's cached
-    features of the training photos: the probe itself, or the start of a fine-tune (LP-FT)."""
+    features of the training photos: the probe itself, or the start of a fine-tune (LP-FT).
+    The probe itself is also calibrated by cross-fitting (:func:`cross_fit_card`), unless
+    ``confidence.fit`` is false."""
     net = model.net
     if not hasattr(net, "features"):
         raise ProductCNNError(f"probe=... needs a pretrained timm network (model=tf_efficientnet_lite0), "
@@ -142,6 +177,13 @@ def fit_probe_head(options: Any, model: L.LightningModule, datamodule: ProductDa
     with torch.no_grad():
         net.head.weight.copy_(weight)
         net.head.bias.copy_(bias)
+    model.confidence = None  # a fine-tune after the probe is calibrated on its own validation photos
+    if not options.get("finetune") and (confidence or {}).get("fit", True):
+        model.confidence = cross_fit_card(features, labels, len(model.class_names),
+                                          float(options.get("c", 1.0)), int(options.get("max_iter", 2000)),
+                                          seed or 0, int(options.get("cross_fit_folds", 5)), confidence)
+        if model.confidence is not None:
+            log.info("Calibration: %s", model.confidence.summary())
     log.info("Probe: features of %d training photos (%d from the cache %s), linear head fitted in %.1f s",
              len(train), cache.hits, cache.path, time.perf_counter() - start)
 

@@ -22,7 +22,10 @@ class RunRecord:
     val_confusion: torch.Tensor | None = None  # rows: true class, columns: predicted
     test_report: dict[str, torch.Tensor] | None = None  # module.report_metrics(...).compute()
     # per test photo: its index in the test split and the class probabilities, sorted by index
-    test_predictions: tuple[torch.Tensor, torch.Tensor] | None = None
+    test_predictions: tuple[torch.Tensor, torch.Tensor] | None = None  # temperature-scaled
+    test_raw_probs: torch.Tensor | None = None  # the same photos' probabilities before scaling
+    temperature: float = 1.0  # what the test applied
+    confidence: Any = None  # the module's ConfidenceCard, if it was calibrated
 
 
 def record_of(pl_module: Any) -> RunRecord:

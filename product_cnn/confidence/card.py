@@ -1,0 +1,67 @@
+"""What a checkpoint carries about its own confidence: the temperature, the held-out photos'
+calibrated confidences (any operating point is read off them), the feature bank and the unknown
+threshold. Plain tensors and numbers only, so checkpoints still load with ``weights_only``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from product_cnn.confidence.coverage import threshold_for_accuracy
+from product_cnn.confidence.temperature import calibration_error
+
+
+@dataclass
+class ConfidenceCard:
+    """Fitted on held-out photos (``source`` says which) at the end of training."""
+
+    temperature: float
+    source: str  # e.g. "validation split (38 photos)" or "cross-fitted on the training photos (5 folds)"
+    heldout_confidence: torch.Tensor  # calibrated top-1 probability of each held-out photo
+    heldout_correct: torch.Tensor  # bool: its top-1 was right
+    ece_before: float = float("nan")
+    ece_after: float = float("nan")
+    bank: torch.Tensor | None = None  # unit-length float16 features of training photos
+    unknown_threshold: float | None = None  # similarity below it: "none of these"
+    false_unknown: float | None = None  # the held-out share the threshold rejects by design
+
+    def threshold_for(self, target_accuracy: float) -> tuple[float, float] | None:
+        """(confidence threshold, held-out coverage) reaching ``target_accuracy`` on the held-out photos."""
+        return threshold_for_accuracy(self.heldout_confidence, self.heldout_correct, target_accuracy)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"temperature": float(self.temperature), "source": self.source,
+                "heldout_confidence": self.heldout_confidence.float().cpu(),
+                "heldout_correct": self.heldout_correct.bool().cpu(),
+                "ece_before": float(self.ece_before), "ece_after": float(self.ece_after),
+                "bank": None if self.bank is None else self.bank.half().cpu(),
+                "unknown_threshold": self.unknown_threshold, "false_unknown": self.false_unknown}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> ConfidenceCard | None:
+        if not data:
+            return None
+        return cls(float(data["temperature"]), str(data["source"]),
+                   torch.as_tensor(data["heldout_confidence"]).float(),
+                   torch.as_tensor(data["heldout_correct"]).bool(),
+                   float(data.get("ece_before", float("nan"))), float(data.get("ece_after", float("nan"))),
+                   data.get("bank"), data.get("unknown_threshold"), data.get("false_unknown"))
+
+    def summary(self) -> str:
+        line = (f"temperature {self.temperature:.3f} from the {self.source}: held-out ECE "
+                f"{self.ece_before:.3f} -> {self.ece_after:.3f}")
+        if self.unknown_threshold is not None:
+            line += f"; unknown below similarity {self.unknown_threshold:.3f}"
+        return line
+
+
+def card_from_heldout(temperature: float, source: str, raw_probs: torch.Tensor, probs: torch.Tensor,
+                      labels: torch.Tensor) -> ConfidenceCard:
+    """A card from held-out predictions before (``raw_probs``) and after (``probs``) scaling."""
+    labels = torch.as_tensor(labels).long()
+    confidence, predicted = probs.max(1)
+    return ConfidenceCard(temperature, source, confidence.float(), predicted == labels,
+                          calibration_error(raw_probs, labels), calibration_error(probs, labels))

@@ -1,0 +1,40 @@
+""""None of these": how much a photo looks like any training photo.
+
+The score is the largest cosine similarity of the photo's pooled features (the input of the
+network's classifier layer) to the training photos' (the feature bank stored with the checkpoint).
+A street, a screenshot or a blank image is far from every product photo; the threshold is a low
+quantile of the scores of held-out product photos, so that only that share of them is rejected.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+BANK_SIZE = 4096  # at most this many training photos are kept (a random, seeded subset)
+
+
+def feature_bank(features: torch.Tensor, size: int = BANK_SIZE, seed: int = 0) -> torch.Tensor:
+    """Unit-length float16 rows of ``features`` (a seeded random subset when there are more than ``size``)."""
+    features = torch.as_tensor(features).float()
+    if len(features) > size:
+        keep = torch.randperm(len(features), generator=torch.Generator().manual_seed(seed))[:size]
+        features = features[keep.sort().values]
+    return F.normalize(features, dim=1).half()
+
+
+def similarity(features: torch.Tensor, bank: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    """For each row of ``features``: its largest cosine similarity to a row of ``bank``."""
+    features = F.normalize(torch.as_tensor(features).float(), dim=1)
+    bank = bank.float()
+    out = [(features[i:i + chunk] @ bank.T).max(1).values for i in range(0, len(features), chunk)]
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def unknown_threshold(heldout_scores: torch.Tensor, false_unknown: float) -> float:
+    """The score under which a photo is called unknown: the ``false_unknown`` quantile of held-out
+    product photos' scores (that share of them would be rejected)."""
+    scores = torch.as_tensor(heldout_scores).double()
+    if len(scores) == 0:
+        raise ValueError("no held-out photos to set the unknown threshold on")
+    return float(torch.quantile(scores, false_unknown))
