@@ -10,6 +10,8 @@ folder and writes, next to the runs:
 * ``cv_confusion.png``: the pooled out-of-fold confusion matrix.
 * ``oof_predictions.csv``: one row per photo (path relative to the data root, label,
   predicted, fold, the probability of every class), each predicted by the model that never saw it.
+* ``calibration.png``, ``coverage.png`` (when the folds were calibrated): the out-of-fold
+  reliability diagram and accuracy-coverage curve; the numbers are in the summary and report.
 
 A sweep that varies something besides ``data.fold`` gets one summary per setting, in
 ``cv_<setting>/`` subfolders.
@@ -32,20 +34,27 @@ import torch
 from omegaconf import OmegaConf
 
 from product_cnn.atomic import write_text
+from product_cnn.confidence.temperature import calibrated_probs, calibration_error, fit_temperature
 from product_cnn.errors import DataError
+from product_cnn.evaluation.confidence_report import (
+    confidence_lines,
+    confidence_section,
+    write_confidence_figures,
+)
 from product_cnn.evaluation.reports import (
     PREDICTIONS_FILE,
     build_report,
     confusion_matrix_figure,
     format_classification_report,
     prediction_columns,
+    raw_columns,
     save_figure,
 )
 
 log = logging.getLogger(__name__)
 
 ERROR_FILE = "error.txt"  # written into a job's folder when it failed (see tasks.run)
-SUMMARY_FILES = ("cv_summary.json", "cv_report.md", "cv_confusion.png", "oof_predictions.csv")
+SUMMARY_FILES = ("cv_summary.json", "cv_report.md", "cv_confusion.png", "oof_predictions.csv")  # + figures
 
 
 @dataclass
@@ -134,7 +143,38 @@ def summarize(runs: list[FoldRun]) -> tuple[dict[str, Any], list[dict[str, Any]]
     oof = [{**row, "fold": r.fold} for r in sorted(done, key=lambda r: r.fold) for row in r.rows]
     if oof:
         summary["pooled"] = _report(oof, names)
+    if oof and all(c in oof[0] for c in raw_columns(names)):
+        temperatures = [r.metrics.get("confidence", {}).get("temperature", 1.0)
+                        for r in sorted(done, key=lambda r: r.fold)]
+        summary["confidence"] = _oof_confidence(oof, names, temperatures)
     return summary, oof
+
+
+def oof_arrays(rows: list[dict[str, Any]], names: list[str]
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(probabilities, probabilities before temperature scaling, labels) of prediction rows."""
+    probs = torch.tensor([[float(row[c]) for c in prediction_columns(names)] for row in rows])
+    raw = torch.tensor([[float(row[c]) for c in raw_columns(names)] for row in rows])
+    return probs, raw, torch.tensor([names.index(row["label"]) for row in rows])
+
+
+def _oof_confidence(rows: list[dict[str, Any]], names: list[str],
+                    temperatures: list[float]) -> dict[str, Any]:
+    """The pooled confidence section: each fold scaled by its own temperature; and, for comparison,
+    one temperature fitted on the other folds' out-of-fold predictions (the log of their raw
+    probabilities as logits), which needs no validation split."""
+    probs, raw, labels = oof_arrays(rows, names)
+    section = confidence_section(probs, raw, labels, temperatures)
+    folds = torch.tensor([int(row["fold"]) for row in rows])
+    logits = raw.double().clamp_min(1e-12).log()
+    cross = torch.zeros_like(probs)
+    for k in folds.unique():
+        held = folds == k
+        if (~held).any():
+            cross[held] = calibrated_probs(logits[held], fit_temperature(logits[~held], labels[~held]))
+    section["oof_temperature"] = fit_temperature(logits, labels)
+    section["ece_after_oof_temperature"] = calibration_error(cross, labels)
+    return section
 
 
 def _report(rows: list[dict[str, Any]], names: list[str],
@@ -236,13 +276,19 @@ def _markdown(summary: dict[str, Any]) -> str:
                       "by the model that did not train on it)", "", "```",
                   format_classification_report(pooled).rstrip(), "```", "",
                   "Confusion matrix: `cv_confusion.png`; every photo's probabilities: `oof_predictions.csv`."]
+    if "confidence" in summary:
+        c = summary["confidence"]
+        lines += ["", "## Confidence (out of fold)", "", *confidence_lines(c), "",
+                  f"One temperature fitted on the other folds' out-of-fold predictions instead: ECE "
+                  f"{c['ece_after_oof_temperature']:.4f} (on all of them: T = {c['oof_temperature']:.3f})."]
     lines += ["", "mean +- sd: over the completed folds, sample standard deviation (n-1)."]
     return "\n".join(lines) + "\n"
 
 
 def _csv(rows: list[dict[str, Any]], names: list[str]) -> str:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, ["path", "label", "predicted", "fold", *prediction_columns(names)],
+    raw = raw_columns(names) if rows and all(c in rows[0] for c in raw_columns(names)) else []
+    writer = csv.DictWriter(buffer, ["path", "label", "predicted", "fold", *prediction_columns(names), *raw],
                             extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
@@ -272,6 +318,8 @@ def write_cv_summary(sweep_dir: str | Path) -> list[Path]:
             save_figure(out / "cv_confusion.png", confusion_matrix_figure(
                 np.asarray(pooled["confusion_matrix"]), pooled["class_names"],
                 title=f"Out-of-fold, {len(summary['completed'])} folds"))
+        if "confidence" in summary:
+            write_confidence_figures(out, *oof_arrays(oof, summary["class_names"]))
         m = summary["mean_sd"]
         log.info("Cross-validation (%d of %d folds): accuracy %.3f +- %.3f, macro F1 %.3f +- %.3f; "
                  "pooled accuracy %.3f. Summary: %s", len(summary["completed"]), summary["folds"],
