@@ -134,12 +134,13 @@ def predict(cfg: DictConfig) -> int:
 
     tune_malloc()
     files = expand_inputs(cfg.inputs)
-    predictor = Predictor.from_checkpoint(cfg.ckpt_path, device=cfg.device, batch_size=cfg.batch_size,
-                                          num_workers=cfg.num_workers, tta=cfg.get("tta", "none"))
-    log.info("Classifying %d file(s) with %s on %s", len(files), predictor.describe(cfg.ckpt_path),
-             predictor.device)
+    predictor = Predictor.from_checkpoint(cfg.ckpt_path, cfg.device, cfg.batch_size, cfg.num_workers,
+                                          cfg.get("tta", "none"), cfg.get("min_confidence"),
+                                          cfg.get("target_accuracy"), cfg.get("unknown", True))
+    log.info("Classifying %d file(s) with %s on %s (%s)", len(files), predictor.describe(cfg.ckpt_path),
+             predictor.device, predictor.gate.describe())
     predictions = predictor.predict(files, topk=cfg.topk, progress=len(files) > cfg.batch_size)
-    save_predictions(predictions, cfg.output, cfg.topk, cfg.get("sort_into"))
+    save_predictions(predictions, cfg.output, cfg.topk, cfg.get("sort_into"), predictor.gate)
     return sum(not p.ok for p in predictions)
 
 
@@ -172,9 +173,12 @@ def import_keras(cfg: DictConfig) -> str:
 def serve(cfg: DictConfig) -> None:
     """Serve ``cfg.ckpt_path`` (or an exported ONNX model) over HTTP until interrupted."""
     from product_cnn.serve.app import build_server
+    from product_cnn.serve.shutdown import stop_on_sigterm
 
     server = build_server(cfg.get("ckpt_path"), cfg.backend, cfg.get("onnx_path"), cfg.device, cfg.workers,
                           cfg.max_batch_size, cfg.batch_timeout, cfg.topk, cfg.max_files, cfg.max_body_mb,
-                          cfg.get("api_key"), list(cfg.cors_origins or []), cfg.timeout)
+                          cfg.get("api_key"), list(cfg.cors_origins or []), cfg.timeout,
+                          cfg.get("min_confidence"), cfg.get("target_accuracy"), cfg.get("unknown", True))
     log.info("Serving on http://%s:%s/  (POST /predict, GET /info, GET /health)", cfg.host, cfg.port)
-    server.run(host=cfg.host, port=int(cfg.port), generate_client_file=False)
+    with stop_on_sigterm():
+        server.run(host=cfg.host, port=int(cfg.port), generate_client_file=False)

@@ -20,6 +20,10 @@ class Gate:
     unknown_threshold: float | None = None
     target_accuracy: float | None = None  # what min_confidence was chosen for, if it was
 
+    @property
+    def active(self) -> bool:
+        return self.min_confidence is not None or self.unknown_threshold is not None
+
     def verdict(self, confidence: float, similarity: float | None) -> str | None:
         """``unknown``, ``unsure`` or None (file it)."""
         limit = self.unknown_threshold

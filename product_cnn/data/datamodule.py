@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from product_cnn.data.augment import build_augment, build_mix
 from product_cnn.data.cache import DecodedImageCache, default_cache_dir
 from product_cnn.data.check import TreeCheck, check_report, check_tree
 from product_cnn.data.demo import default_demo_root, ensure_demo_dataset
+from product_cnn.data.extra import Extra, read_extra
 from product_cnn.data.folder import SPLITS, FolderTree, Sample, scan_tree
 from product_cnn.data.folds import check_fold, kfold_split
 from product_cnn.data.images import ImageSize, load_image, to_unit_float
@@ -74,7 +76,8 @@ class ProductDataModule(L.LightningDataModule):
     every photo of an unsplit folder the test split (testing a model on a shop's own photos).
     ``folds=K`` with ``fold=k`` makes fold k of a k-fold split the test split (see
     :mod:`product_cnn.data.folds`). ``relabel`` is a CSV of label corrections applied when the
-    folder is scanned (see :mod:`product_cnn.data.relabel`). ``mixup_alpha`` / ``cutmix_alpha``
+    folder is scanned (see :mod:`product_cnn.data.relabel`); ``extra`` a CSV of more training
+    photos from anywhere (see :mod:`product_cnn.data.extra`). ``mixup_alpha`` / ``cutmix_alpha``
     (0: off) mix training batches on the device (torchvision's MixUp / CutMix; one of the two,
     at random, when both are on): the labels become class probabilities.
     """
@@ -106,6 +109,7 @@ class ProductDataModule(L.LightningDataModule):
         folds: int | None = None,
         fold: int = 0,
         relabel: str | None = None,
+        extra: str | None = None,
         mixup_alpha: float = 0.0,
         cutmix_alpha: float = 0.0,
     ) -> None:
@@ -123,6 +127,7 @@ class ProductDataModule(L.LightningDataModule):
             if test_all:
                 raise DataError("data.folds and data.test_all exclude each other: a fold is the test split")
         relabel = str(Path(relabel).expanduser().resolve()) if relabel else None
+        extra = str(Path(extra).expanduser().resolve()) if extra else None
         # built now so that an unknown name or value is refused before any data is read
         self.augment = build_augment(augment, image_size)
         build_mix(mixup_alpha, cutmix_alpha, num_classes=2)
@@ -132,6 +137,7 @@ class ProductDataModule(L.LightningDataModule):
         self.split_samples: dict[str, list[Sample]] = {}
         self.cache: DecodedImageCache | None = None
         self.relabel: Relabel | None = None
+        self.extra: Extra | None = None
         self.mix: Callable | None = None  # MixUp / CutMix, built once the class count is known
 
     @classmethod
@@ -153,7 +159,7 @@ class ProductDataModule(L.LightningDataModule):
         if model_size is not None:  # photos are resized to what the network takes
             params["image_size"] = model_size
         if "root" in overrides:  # another folder: no demo, no folds, no corrections of the old one
-            params.update(demo=False, test_all=True, folds=None, relabel=None)
+            params.update(demo=False, test_all=True, folds=None, relabel=None, extra=None)
         params.update(overrides)
         if class_names is not None:
             params["classes"] = list(class_names)
@@ -208,6 +214,10 @@ class ProductDataModule(L.LightningDataModule):
             groups = self.check.groups if hp.group_duplicates else []
             self._log_duplicates(tree.presplit)
         self.tree, self.split_samples = tree, self._split(tree, groups)
+        if hp.extra and not hp.test_all:
+            known = {os.path.abspath(p) for samples in tree.splits.values() for p, _ in samples}
+            self.extra = read_extra(hp.extra, tree.class_names, known)
+            self.split_samples["train"] = sorted(self.split_samples.get("train", []) + self.extra.samples)
         self.mix = build_mix(hp.mixup_alpha, hp.cutmix_alpha, len(tree.class_names))
         splits = self.split_samples
         if hp.cache:
@@ -258,7 +268,8 @@ class ProductDataModule(L.LightningDataModule):
             how = (f"split {1 - hp.val_fraction - hp.test_fraction:.0%}/{hp.val_fraction:.0%}/"
                    f"{hp.test_fraction:.0%}, seed {hp.split_seed}")
         relabel = f"\n  {self.relabel.summary()}" if self.relabel is not None else ""
-        return f"Data: {hp.root} ({how}){relabel}\n{self.summary()}"
+        extra = f"\n  {self.extra.summary()}" if self.extra is not None else ""
+        return f"Data: {hp.root} ({how}){relabel}{extra}\n{self.summary()}"
 
     def check_report(self, show_groups: int) -> str:
         """check_data.py's report: :meth:`describe` and the photo check, after a quiet ``setup``."""
@@ -378,12 +389,17 @@ class ProductDataModule(L.LightningDataModule):
         return torch.stack([self.augment(image) for image in images])
 
     def state_dict(self) -> dict[str, Any]:
-        """Saved with every checkpoint: the label corrections this run applied, if any."""
-        if self.relabel is None:
-            return {}
-        r = self.relabel
-        return {"relabel": {"file": r.file, "relabelled": r.relabelled, "excluded": r.excluded,
-                            "labels": dict(r.labels)}}
+        """Saved with every checkpoint: the label corrections and extra photos this run used, if any."""
+        state: dict[str, Any] = {}
+        if self.relabel is not None:
+            r = self.relabel
+            state["relabel"] = {"file": r.file, "relabelled": r.relabelled, "excluded": r.excluded,
+                                "labels": dict(r.labels)}
+        if self.extra is not None:
+            names = self.class_names
+            state["extra"] = {"file": self.extra.file, "skipped": self.extra.skipped,
+                              "labels": {p: names[label] for p, label in self.extra.samples}}
+        return state
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         # Runs on the training device: augmentation (training batches only, a new draw per

@@ -53,8 +53,9 @@ def fold_batchnorm(net: nn.Module) -> nn.Module:
     f, c = folded.features, folded.classifier
     spatial = c[0].in_features // f[6].num_features  # flattened positions per channel after block 2
     # (where the BatchNorm is, its index, the layer that absorbs it, inputs per channel, behind a pool?)
-    steps = [(f, 2, f[4], 1, True), (f, 6, c[0], spatial, True), (c, 2, c[4], 1, False),
-             (c, 6, c[8], 1, False)]
+    # The last BatchNorm (before the classifier layer) stays: the "none of these" score reads the
+    # classifier layer's input, which must be what it was in training (a 16-wide BatchNorm costs nothing)
+    steps = [(f, 2, f[4], 1, True), (f, 6, c[0], spatial, True), (c, 2, c[4], 1, False)]
     for container, index, target, repeat, behind_pool in steps:
         bn = container[index]
         scale, shift = _affine(bn)

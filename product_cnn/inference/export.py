@@ -1,8 +1,10 @@
 """Export a checkpoint to a self-contained ONNX or TorchScript file, plus a JSON sidecar.
 
 The exported model takes a float batch ``(N, 3, H, W)`` in [0, 1] (RGB, resized to the
-checkpoint's image size) and returns class probabilities ``(N, num_classes)``. The sidecar
-``<file>.json`` (e.g. ``best.onnx.json``) holds the class names and the preprocessing a caller must apply.
+checkpoint's image size) and returns class probabilities ``(N, num_classes)``, temperature-scaled
+when the checkpoint is calibrated. The sidecar ``<file>.json`` (e.g. ``best.onnx.json``) holds the
+class names, the preprocessing a caller must apply, and the calibration (the temperature and the
+held-out confidences from which serve.py reads a ``target_accuracy`` threshold).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from product_cnn.atomic import atomic_path, write_text
 from product_cnn.data.images import image_hw
 from product_cnn.errors import ProductCNNError
 from product_cnn.inference.bn_fold import fold_batchnorm
+from product_cnn.inference.calibrated import TemperatureScaled
 from product_cnn.training.checkpoint import read_checkpoint
 
 log = logging.getLogger(__name__)
@@ -58,8 +61,16 @@ def load_for_export(ckpt_path: str | Path) -> tuple[ProbabilityModel, dict]:
             "scale pixel values to [0, 1] (divide by 255)",
         ],
         "checkpoint": str(ckpt_path),
+        "calibration": None,
     }
-    return ProbabilityModel(fold_batchnorm(module.net)).eval(), meta
+    card = module.confidence
+    if card is not None:  # the bank stays out: "none of these" needs the features, served from checkpoints
+        meta["calibration"] = {
+            "temperature": card.temperature, "source": card.source, "applied": True,
+            "heldout_confidence": [round(float(c), 6) for c in card.heldout_confidence],
+            "heldout_correct": [bool(c) for c in card.heldout_correct]}
+    net = TemperatureScaled(fold_batchnorm(module.net), module.temperature)
+    return ProbabilityModel(net).eval(), meta
 
 
 def export(ckpt_path: str | Path, fmt: str, output: str | Path | None = None) -> Path:

@@ -3,6 +3,9 @@
 Images go through the checkpoint's own preprocessing (:func:`product_cnn.data.images.load_image`
 at the image size it was trained with) and come back with the checkpoint's class names. A file
 that cannot be read does not stop the others: its result carries the error instead.
+Probabilities are temperature-scaled when the checkpoint is calibrated; with a gate
+(:mod:`product_cnn.confidence.gate`) a photo under the confidence threshold is ``unsure`` and
+one unlike every training photo ``unknown``, its top-k kept.
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from product_cnn.atomic import write_text
+from product_cnn.confidence.card import ConfidenceCard
+from product_cnn.confidence.gate import Gate, build_gate
+from product_cnn.confidence.novelty import similarity
 from product_cnn.data.folder import find_images
 from product_cnn.data.images import (
     IMG_EXTENSIONS,
@@ -37,7 +43,9 @@ from product_cnn.data.images import (
 )
 from product_cnn.errors import DataError, ImageLoadError
 from product_cnn.inference.bn_fold import fold_batchnorm
+from product_cnn.inference.calibrated import TemperatureScaled
 from product_cnn.inference.ensemble import ProbabilityAverage, check_members, expand_checkpoints
+from product_cnn.models.penultimate import Penultimate
 from product_cnn.training.checkpoint import read_checkpoint
 
 log = logging.getLogger(__name__)
@@ -47,13 +55,19 @@ ImageInput = str | Path | Image.Image
 
 @dataclass
 class Prediction:
-    """One input's result: the top category and its probability, the top-k, or an error."""
+    """One input's result: the top category and its probability, the top-k, or an error.
+
+    ``category`` is ``unsure`` or ``unknown`` when the gate held the photo back (``verdict``);
+    ``similarity`` is its "none of these" score when the checkpoint carries one.
+    """
 
     source: str
     category: str | None = None
     confidence: float | None = None
     topk: list[tuple[str, float]] = field(default_factory=list)
     error: str | None = None
+    verdict: str | None = None  # unsure | unknown | None (filed)
+    similarity: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -123,7 +137,8 @@ class Predictor:
     """A trained network plus its class names and preprocessing, ready to classify photos."""
 
     def __init__(self, net: nn.Module, class_names: Sequence[str], image_size: ImageSize = 256,
-                 device: str = "auto", batch_size: int = 32, num_workers: int = 0, tta: str = "none") -> None:
+                 device: str = "auto", batch_size: int = 32, num_workers: int = 0, tta: str = "none",
+                 cards: Sequence[ConfidenceCard | None] = (), gate: Gate | None = None) -> None:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
@@ -133,14 +148,25 @@ class Predictor:
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.tta = tta
+        self.cards = list(cards)  # one per member network, in order
+        self.gate = gate or Gate()
+        members = self.net.nets if isinstance(self.net, ProbabilityAverage) else [self.net]
+        self._banks = []  # (hook on the member's classifier input, its bank on the device)
+        if self.gate.unknown_threshold is not None:
+            self._banks = [(Penultimate(m), c.bank.to(self.device)) for m, c in zip(members, self.cards,
+                                                                                    strict=True)]
 
     @classmethod
     def from_checkpoint(cls, path: str | Path | Sequence[str | Path], device: str = "auto",
-                        batch_size: int = 32, num_workers: int = 0, tta: str = "none") -> Predictor:
+                        batch_size: int = 32, num_workers: int = 0, tta: str = "none",
+                        min_confidence: float | None = None, target_accuracy: float | None = None,
+                        unknown: bool = True) -> Predictor:
         """Load a training checkpoint safely (no pickled code runs).
 
         Several paths (or a glob pattern) make an ensemble: the mean of their probabilities
         (same classes and image size required; see :mod:`product_cnn.inference.ensemble`).
+        ``min_confidence`` / ``target_accuracy`` / ``unknown`` set the gate
+        (:func:`product_cnn.confidence.gate.build_gate`).
         """
         from product_cnn.training.module import ProductClassifier, check_tta  # Lightning only needed here
 
@@ -150,22 +176,35 @@ class Predictor:
                   for p in paths]
         check_members([f"checkpoint {p}" for p in paths], [m.class_names for m in models],
                       [m.hparams.image_size for m in models])
-        nets = [fold_batchnorm(m.net) for m in models]
+        cards = [m.confidence for m in models]
+        gate = build_gate(cards, min_confidence, target_accuracy, unknown)
+        nets = [TemperatureScaled(fold_batchnorm(m.net), m.temperature) for m in models]
         net = nets[0] if len(nets) == 1 else ProbabilityAverage(nets)
         return cls(net, models[0].class_names, models[0].hparams.image_size, device, batch_size,
-                   num_workers, tta)
+                   num_workers, tta, cards, gate)
 
     @torch.no_grad()
     def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
-        """Softmax probabilities for a uint8 or [0, 1] float batch ``(N, 3, H, W)``.
+        """Softmax probabilities (temperature-scaled when calibrated) for a uint8 or [0, 1] float
+        batch ``(N, 3, H, W)``. With ``tta="flip"``: the mean over each image and its mirror image."""
+        return self.scores(batch)[0]
 
-        With ``tta="flip"``: the mean of the probabilities of each image and its mirror image.
-        """
+    @torch.no_grad()
+    def scores(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(probabilities, "none of these" similarity or None): one pass gives both (the
+        similarity is the members' mean, from the unflipped view)."""
         images = to_unit_float(batch.to(self.device))
-        probs = torch.softmax(self.net(images).float(), dim=1)
-        if self.tta == "flip":
-            probs = (probs + torch.softmax(self.net(images.flip(-1)).float(), dim=1)) / 2
-        return probs.cpu()
+        for hook, _ in self._banks:
+            hook.__enter__()
+        try:
+            probs = torch.softmax(self.net(images).float(), dim=1)
+            if self.tta == "flip":
+                probs = (probs + torch.softmax(self.net(images.flip(-1)).float(), dim=1)) / 2
+            sims = [similarity(hook.take(), bank) for hook, bank in self._banks]
+        finally:
+            for hook, _ in self._banks:
+                hook.__exit__()
+        return probs.cpu(), (torch.stack(sims).mean(0).cpu() if sims else None)
 
     def iter_predict(self, images: Sequence[ImageInput], topk: int = 3) -> Iterator[Prediction]:
         """Yield one :class:`Prediction` per input, in order, batch by batch."""
@@ -174,7 +213,7 @@ class Predictor:
                             num_workers=self.num_workers, pin_memory=self.device.type == "cuda")
         index = 0
         for batch, errors in loader:
-            probs = self.probabilities(batch)
+            probs, sims = self.scores(batch)
             top_p, top_i = probs.topk(topk, dim=1)
             for row in range(len(errors)):
                 item = images[index]
@@ -185,7 +224,10 @@ class Predictor:
                     continue
                 ranked = [(self.class_names[int(i)], float(p)) for p, i in zip(top_p[row], top_i[row],
                                                                                strict=True)]
-                yield Prediction(source, ranked[0][0], ranked[0][1], ranked)
+                sim = float(sims[row]) if sims is not None else None
+                verdict = self.gate.verdict(ranked[0][1], sim)
+                yield Prediction(source, verdict or ranked[0][0], ranked[0][1], ranked, verdict=verdict,
+                                 similarity=sim)
 
     def describe(self, ckpt_path: str) -> str:
         """What classifies: ``ckpt_path``, or "an ensemble of N checkpoints"."""
@@ -211,17 +253,20 @@ class Predictor:
 
 
 def predictions_table(predictions: Sequence[Prediction], topk: int) -> tuple[list[str], list[list]]:
-    """CSV header and rows: path, category, confidence, top-k categories and probabilities, error."""
+    """CSV header and rows: path, category (``unsure``/``unknown`` when held back), confidence,
+    top-k categories and probabilities, the similarity (when scored), error."""
     header = ["path", "category", "confidence"]
     for k in range(1, topk + 1):
         header += [f"top{k}_category", f"top{k}_prob"]
-    header.append("error")
+    scored = any(p.similarity is not None for p in predictions)
+    header += ["similarity", "error"] if scored else ["error"]
     rows = []
     for p in predictions:
         ranked = [cell for name, prob in p.topk for cell in (name, f"{prob:.6f}")]
         ranked += [""] * (2 * topk - len(ranked))
         confidence = f"{p.confidence:.6f}" if p.confidence is not None else ""
-        rows.append([p.source, p.category or "", confidence, *ranked, p.error or ""])
+        similarity = ([f"{p.similarity:.6f}" if p.similarity is not None else ""] if scored else [])
+        rows.append([p.source, p.category or "", confidence, *ranked, *similarity, p.error or ""])
     return header, rows
 
 
@@ -241,8 +286,12 @@ def write_predictions(predictions: Sequence[Prediction], path: str | Path, topk:
     return path
 
 
+REVIEW_DIR = "_review"
+
+
 def sort_into(predictions: Sequence[Prediction], directory: str | Path) -> int:
-    """Copy each classified input file into ``directory/<category>/``; never move or overwrite.
+    """Copy each classified input file into ``directory/<category>/`` (held-back ones into
+    ``directory/_review/``); never move or overwrite.
 
     Returns the number of files copied. A name already taken gets a ``-1``, ``-2``... suffix.
     """
@@ -251,7 +300,7 @@ def sort_into(predictions: Sequence[Prediction], directory: str | Path) -> int:
     for p in predictions:
         if not p.ok or not os.path.isfile(p.source):
             continue
-        target_dir = directory / p.category
+        target_dir = directory / (REVIEW_DIR if p.verdict else p.category)
         target_dir.mkdir(parents=True, exist_ok=True)
         source = Path(p.source)
         target = target_dir / source.name
@@ -265,10 +314,18 @@ def sort_into(predictions: Sequence[Prediction], directory: str | Path) -> int:
 
 
 def save_predictions(predictions: Sequence[Prediction], output: str | Path, topk: int,
-                     sort_dir: str | Path | None = None) -> Path:
-    """predict.py's outputs: the results file, copies into ``sort_dir`` (if given), and the log
-    lines that say what could not be read and where everything went."""
+                     sort_dir: str | Path | None = None, gate: Gate | None = None) -> Path:
+    """predict.py's outputs: the results file, copies into ``sort_dir`` (if given), with a gate
+    ``review.csv`` and ``review.html`` next to the results, and the log lines that say what could
+    not be read, what was held back and where everything went."""
     path = write_predictions(predictions, output, topk)
+    if gate is not None and gate.active:
+        from product_cnn.inference.review import write_review
+
+        csv_path, html_path, held = write_review(predictions, path.parent, gate.describe())
+        unknown = sum(p.verdict == "unknown" for p in predictions)
+        log.info("Held back for review: %d of %d photo(s) (%d unsure, %d unknown; %s): %s, %s",
+                 held, len(predictions), held - unknown, unknown, gate.describe(), csv_path, html_path)
     failed = [p for p in predictions if not p.ok]
     for p in failed:
         log.warning("Could not classify %s: %s", p.source, p.error)

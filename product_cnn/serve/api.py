@@ -35,7 +35,9 @@ def bearer_ok(header: str | None, api_key: str | None) -> bool:
 
 
 class ClassifierAPI(ls.LitAPI):
-    """``POST /predict``: photos in, ``{"category", "confidence", "topk"}`` out (a list for several)."""
+    """``POST /predict``: photos in, ``{"category", "confidence", "topk"}`` out (a list for several);
+    a photo the gate holds back answers ``"category": null`` with ``"unsure": true`` or
+    ``"unknown": true``, its top-k kept."""
 
     def __init__(self, info: ModelInfo, ckpt_path: str | None, onnx_path: str | None, topk: int = 3,
                  max_files: int = 16, max_bytes: int = 20 * 2**20, api_key: str | None = None,
@@ -47,7 +49,8 @@ class ClassifierAPI(ls.LitAPI):
 
     def setup(self, device: str) -> None:
         tune_malloc()  # in the worker process, where the network runs (as predict.py does)
-        self.backend = load_backend(self.info.backend, self.ckpt_path, self.onnx_path, device)
+        self.backend = load_backend(self.info.backend, self.ckpt_path, self.onnx_path, device,
+                                    unknown=self.info.gate.unknown_threshold is not None)
 
     def authorize(self, request: Request) -> None:
         if not bearer_ok(request.headers.get("authorization"), self.api_key):
@@ -68,12 +71,14 @@ class ClassifierAPI(ls.LitAPI):
     def predict(self, x: Photos | BadRequest | list[Photos | BadRequest]) -> Any:
         items = x if isinstance(x, list) else [x]
         good = [item for item in items if isinstance(item, Photos)]
-        probs = self.backend.probabilities(torch.cat([p.images for p in good])) if good else np.empty((0, 0))
+        probs, sims = (self.backend.scores(torch.cat([p.images for p in good])) if good
+                       else (np.empty((0, 0)), None))
         answers, start = [], 0
         for item in items:
             if isinstance(item, Photos):
-                answers.append((item, probs[start:start + len(item.images)]))
-                start += len(item.images)
+                end = start + len(item.images)
+                answers.append((item, probs[start:end], None if sims is None else sims[start:end]))
+                start = end
             else:
                 answers.append(item)
         return answers if isinstance(x, list) else answers[0]
@@ -81,11 +86,19 @@ class ClassifierAPI(ls.LitAPI):
     def encode_response(self, output: Any) -> JSONResponse:
         if isinstance(output, BadRequest):
             return JSONResponse({"error": output.reason}, status_code=output.status)
-        photos, probs = output
+        photos, probs, sims = output
         names = self.info.class_names
         results = []
-        for row in probs:
+        for n, row in enumerate(probs):
             order = np.argsort(-row)[: self.topk]
             ranked = [[names[int(i)], float(row[i])] for i in order]
-            results.append({"category": ranked[0][0], "confidence": ranked[0][1], "topk": ranked})
+            sim = None if sims is None else float(sims[n])
+            verdict = self.info.gate.verdict(ranked[0][1], sim)
+            result: dict[str, Any] = {"category": None if verdict else ranked[0][0],
+                                      "confidence": ranked[0][1], "topk": ranked}
+            if verdict:
+                result[verdict] = True
+            if sim is not None:
+                result["similarity"] = sim
+            results.append(result)
         return JSONResponse(results if photos.several else results[0])

@@ -31,9 +31,10 @@ def build_server(ckpt_path: str | None = None, backend: str = "torch", onnx_path
                  device: str = "auto", workers: int = 1, max_batch_size: int = 8,
                  batch_timeout: float = 0.005, topk: int = 3, max_files: int = 16, max_body_mb: int = 20,
                  api_key: str | None = None, cors_origins: list[str] | None = None,
-                 timeout: float = 30) -> ls.LitServer:
+                 timeout: float = 30, min_confidence: float | None = None,
+                 target_accuracy: float | None = None, unknown: bool = True) -> ls.LitServer:
     """A LitServer ready to ``run()``; a one-line error if the model cannot be served."""
-    info = model_info(backend, ckpt_path, onnx_path)
+    info = model_info(backend, ckpt_path, onnx_path, min_confidence, target_accuracy, unknown)
     api = ClassifierAPI(info, ckpt_path, onnx_path, topk=topk, max_files=max_files,
                         max_bytes=max_body_mb * 2**20, api_key=api_key or None,
                         max_batch_size=max_batch_size, batch_timeout=batch_timeout)

@@ -1,7 +1,9 @@
 """What answers the requests: the checkpoint's network (torch) or an exported ONNX model.
 
 Both take the uint8 photo batches of the one image-reading path and return softmax
-probabilities; the ONNX model gets the same [0, 1] float input the exported model documents.
+probabilities (temperature-scaled when calibrated) and, from a checkpoint that carries one, the
+"none of these" similarity; the ONNX model gets the same [0, 1] float input the exported model
+documents (its temperature is inside it; it has no similarity).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from product_cnn.confidence.card import ConfidenceCard
+from product_cnn.confidence.gate import Gate, build_gate
 from product_cnn.data.images import ImageSize, image_hw, to_unit_float
 from product_cnn.errors import ProductCNNError
 
@@ -39,6 +43,8 @@ class ModelInfo:
     model_file: str
     backend: str
     sha256: str = field(default="")
+    card: ConfidenceCard | None = None
+    gate: Gate = field(default_factory=Gate)
 
     def as_dict(self) -> dict[str, Any]:
         from importlib.metadata import PackageNotFoundError, version
@@ -48,13 +54,26 @@ class ModelInfo:
         except PackageNotFoundError:
             project = "unknown"
         height, width = image_hw(self.image_size)
+        calibration = None if self.card is None else {"temperature": self.card.temperature,
+                                                      "source": self.card.source}
+        gate = {"min_confidence": self.gate.min_confidence, "target_accuracy": self.gate.target_accuracy,
+                "unknown_threshold": self.gate.unknown_threshold, "rule": self.gate.describe()}
         return {"class_names": self.class_names, "architecture": self.arch, "input_size": [height, width],
                 "model_file": self.model_file, "sha256": self.sha256, "backend": self.backend,
-                "version": project}
+                "version": project, "calibration": calibration, "gate": gate}
 
 
-def model_info(backend: str, ckpt_path: str | None, onnx_path: str | None) -> ModelInfo:
-    """Class names, architecture and input size of what will be served; a one-line error if unusable."""
+def model_info(backend: str, ckpt_path: str | None, onnx_path: str | None,
+               min_confidence: float | None = None, target_accuracy: float | None = None,
+               unknown: bool = True) -> ModelInfo:
+    """Class names, architecture, input size and the gate of what will be served; a one-line error
+    if unusable (a target accuracy the held-out photos do not reach, too)."""
+    info = _model_info(backend, ckpt_path, onnx_path)
+    info.gate = build_gate([info.card], min_confidence, target_accuracy, unknown and backend == "torch")
+    return info
+
+
+def _model_info(backend: str, ckpt_path: str | None, onnx_path: str | None) -> ModelInfo:
     if backend not in BACKENDS:
         raise ProductCNNError(f"backend={backend!r} is not one of {', '.join(BACKENDS)}")
     if backend == "onnx":
@@ -67,28 +86,37 @@ def model_info(backend: str, ckpt_path: str | None, onnx_path: str | None) -> Mo
                                   "export it with  python export.py ckpt_path=... format=onnx")
         meta = json.loads(sidecar.read_text())
         shape = meta["input"]["shape"]
+        c = meta.get("calibration")
+        card = None if not c else ConfidenceCard(c["temperature"], c["source"],
+                                                 torch.tensor(c["heldout_confidence"]),
+                                                 torch.tensor(c["heldout_correct"], dtype=torch.bool))
         return ModelInfo(meta["class_names"], meta.get("arch", "unknown"), [shape[2], shape[3]],
-                         str(onnx_path), "onnx", sha256_of(onnx_path))
+                         str(onnx_path), "onnx", sha256_of(onnx_path), card)
     if not ckpt_path:
         raise ProductCNNError("missing config value ckpt_path: serve.py ckpt_path=<checkpoint>")
     from product_cnn.training.checkpoint import read_checkpoint
 
-    hparams = read_checkpoint(ckpt_path)["hyper_parameters"]
+    checkpoint = read_checkpoint(ckpt_path)
+    hparams = checkpoint["hyper_parameters"]
     names = list(hparams.get("class_names") or [str(i) for i in range(hparams.get("num_classes", 0))])
+    card = ConfidenceCard.from_dict(checkpoint.get("confidence"))
+    if card is not None:
+        card.bank = None  # the workers read it from the checkpoint; the server process needs the threshold
     return ModelInfo(names, hparams.get("arch", "keras_cnn"), hparams.get("image_size", 256),
-                     str(ckpt_path), "torch", sha256_of(ckpt_path))
+                     str(ckpt_path), "torch", sha256_of(ckpt_path), card)
 
 
 class TorchBackend:
     """The checkpoint's network through :class:`~product_cnn.inference.predictor.Predictor` (BN folded)."""
 
-    def __init__(self, ckpt_path: str, device: str) -> None:
+    def __init__(self, ckpt_path: str, device: str, unknown: bool = True) -> None:
         from product_cnn.inference.predictor import Predictor
 
-        self.predictor = Predictor.from_checkpoint(ckpt_path, device=device)
+        self.predictor = Predictor.from_checkpoint(ckpt_path, device=device, unknown=unknown)
 
-    def probabilities(self, images: torch.Tensor) -> np.ndarray:
-        return self.predictor.probabilities(images).numpy()
+    def scores(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+        probs, sims = self.predictor.scores(images)
+        return probs.numpy(), (sims.numpy() if sims is not None else None)
 
 
 class OnnxBackend:
@@ -99,9 +127,10 @@ class OnnxBackend:
 
         self.session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
 
-    def probabilities(self, images: torch.Tensor) -> np.ndarray:
-        return self.session.run(None, {"images": to_unit_float(images).numpy()})[0]
+    def scores(self, images: torch.Tensor) -> tuple[np.ndarray, None]:
+        return self.session.run(None, {"images": to_unit_float(images).numpy()})[0], None
 
 
-def load_backend(backend: str, ckpt_path: str | None, onnx_path: str | None, device: str) -> Any:
-    return OnnxBackend(onnx_path) if backend == "onnx" else TorchBackend(ckpt_path, device)
+def load_backend(backend: str, ckpt_path: str | None, onnx_path: str | None, device: str,
+                 unknown: bool = True) -> Any:
+    return OnnxBackend(onnx_path) if backend == "onnx" else TorchBackend(ckpt_path, device, unknown)

@@ -1,0 +1,82 @@
+"""The photos a person should look at, after predict.py: ``review.csv`` (``path,label`` with the
+best guess filled in, ready for ``train.py data.extra=review.csv`` once corrected) and
+``review.html`` (an offline contact sheet: thumbnails, the top 3 categories, most doubtful first)."""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from product_cnn.atomic import write_text
+from product_cnn.confidence.gate import UNKNOWN
+from product_cnn.evaluation.label_issues import thumbnail_uri
+
+if TYPE_CHECKING:
+    from product_cnn.inference.predictor import Prediction
+
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Needs review: {count} photos</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }}
+.grid {{ display: flex; flex-wrap: wrap; gap: 12px; }}
+.card {{ width: 190px; border: 1px solid #ccc; border-radius: 6px; padding: 8px; font-size: 12px; }}
+.card.unknown {{ border-color: #c0392b; background: #fdf2f0; }}
+.card img {{ display: block; margin: 0 auto 6px; max-width: 174px; max-height: 174px; }}
+.why {{ font-weight: 600; }} .path {{ color: #666; word-break: break-all; }}
+</style></head><body>
+<h1>Needs review: {count} photos</h1>
+<p>{intro}</p>
+<div class="grid">
+{cards}
+</div>
+</body></html>
+"""
+
+
+def needs_review(predictions: Sequence[Prediction]) -> list[Prediction]:
+    """The held-back photos, most doubtful first: unknown ones (least similar first), then unsure
+    ones (least confident first)."""
+    held = [p for p in predictions if p.ok and p.verdict]
+    return sorted(held, key=lambda p: (p.verdict != UNKNOWN,
+                                       p.similarity if p.verdict == UNKNOWN else p.confidence))
+
+
+def review_csv(items: Sequence[Prediction]) -> str:
+    """``path,label`` (absolute path, the best guess) plus why and how sure, one row per photo."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["path", "label", "verdict", "confidence", "similarity"])
+    for p in items:
+        writer.writerow([os.path.abspath(p.source), p.topk[0][0], p.verdict, f"{p.confidence:.4f}",
+                         "" if p.similarity is None else f"{p.similarity:.4f}"])
+    return buffer.getvalue()
+
+
+def review_html(items: Sequence[Prediction], gate: str, side: int = 160) -> str:
+    cards = []
+    for p in items:
+        uri = thumbnail_uri(p.source, side)
+        image = f'<img src="{uri}" alt="{html.escape(p.source)}">' if uri else "<p>(unreadable)</p>"
+        why = "none of these (unknown)" if p.verdict == UNKNOWN else "unsure"
+        ranked = "".join(f"<div>{html.escape(name)} {prob:.3f}</div>" for name, prob in p.topk[:3])
+        score = f"<div>similarity {p.similarity:.3f}</div>" if p.similarity is not None else ""
+        cards.append(f'<div class="card {p.verdict}">{image}<div class="why">{why}</div>{ranked}{score}'
+                     f'<div class="path">{html.escape(p.source)}</div></div>')
+    intro = (f"Held back by: {html.escape(gate)}. To train on them, correct the <code>label</code> column of "
+             "<code>review.csv</code> (a class, or <code>exclude</code> to leave a photo out) and run "
+             "<code>python train.py data.extra=review.csv</code>: the photos themselves are never changed.")
+    return _PAGE.format(count=len(items), intro=intro, cards="\n".join(cards) or "<p>Nothing to review.</p>")
+
+
+def write_review(predictions: Sequence[Prediction], out_dir: str | Path, gate: str) -> tuple[Path, Path, int]:
+    """Write ``review.csv`` and ``review.html`` into ``out_dir``; return their paths and the count."""
+    items = needs_review(predictions)
+    csv_path, html_path = Path(out_dir) / "review.csv", Path(out_dir) / "review.html"
+    write_text(csv_path, review_csv(items))
+    write_text(html_path, review_html(items, gate))
+    return csv_path, html_path, len(items)
