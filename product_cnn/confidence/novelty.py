@@ -1,7 +1,9 @@
 """"None of these": how much a photo looks like any training photo.
 
-The score is the largest cosine similarity of the photo's pooled features (the input of the
-network's classifier layer) to the training photos' (the feature bank stored with the checkpoint).
+The score is the mean cosine similarity of the photo's pooled features (the input of the network's
+classifier layer) to its ``K`` most similar training photos (the feature bank stored with the
+checkpoint); the mean of ten separated slash5 from outside photos better than the largest one
+(docs/confidence.md).
 A street, a screenshot or a blank image is far from every product photo; the threshold is a low
 quantile of the scores of held-out product photos, so that only that share of them is rejected.
 """
@@ -12,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 BANK_SIZE = 4096  # at most this many training photos are kept (a random, seeded subset)
+K = 10  # neighbours averaged
 
 
 def feature_bank(features: torch.Tensor, size: int = BANK_SIZE, seed: int = 0) -> torch.Tensor:
@@ -23,11 +26,13 @@ def feature_bank(features: torch.Tensor, size: int = BANK_SIZE, seed: int = 0) -
     return F.normalize(features, dim=1).half()
 
 
-def similarity(features: torch.Tensor, bank: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
-    """For each row of ``features``: its largest cosine similarity to a row of ``bank``."""
+def similarity(features: torch.Tensor, bank: torch.Tensor, k: int = K, chunk: int = 1024) -> torch.Tensor:
+    """For each row of ``features``: the mean of its ``k`` largest cosine similarities to rows of ``bank``."""
     features = F.normalize(torch.as_tensor(features).float(), dim=1)
     bank = bank.float()
-    out = [(features[i:i + chunk] @ bank.T).max(1).values for i in range(0, len(features), chunk)]
+    k = max(1, min(k, len(bank)))
+    out = [(features[i:i + chunk] @ bank.T).topk(k, dim=1).values.mean(1)
+           for i in range(0, len(features), chunk)]
     return torch.cat(out) if out else torch.empty(0)
 
 
