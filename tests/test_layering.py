@@ -10,7 +10,7 @@ from tests.helpers import REPO
 
 PACKAGE = REPO / "product_cnn"
 # lowest first; a module may import its own layer or any layer before it
-LAYERS = ["base", "data", "models", "training", "evaluation", "inference", "serve", "tasks"]
+LAYERS = ["base", "data", "models", "confidence", "training", "evaluation", "inference", "serve", "tasks"]
 BASE = {"errors", "atomic", "config", "runtime"}  # what every layer may use
 
 

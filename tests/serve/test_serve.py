@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from product_cnn.confidence.card import ConfidenceCard
 from product_cnn.inference.predictor import Predictor
+from product_cnn.training.checkpoint import read_checkpoint
 from tests.helpers import REPO
 
 httpx = pytest.importorskip("httpx")
@@ -77,6 +79,11 @@ def photos(tiny_run) -> list[Path]:
     return sorted(root.glob("*/*.jpg"))[::4]
 
 
+def _served(want) -> str | None:
+    """What serve.py answers as the category for a Predictor result: null when held back."""
+    return None if want.verdict else want.category
+
+
 def _post_file(url: str, path: Path, headers=AUTH) -> httpx.Response:
     with path.open("rb") as handle:
         return httpx.post(f"{url}/predict", files={"file": (path.name, handle, "image/jpeg")},
@@ -87,16 +94,18 @@ def test_answers_equal_predict_py(server, tiny_run, photos):
     expected = Predictor.from_checkpoint(tiny_run["best"], device="cpu").predict(photos, topk=3)
     for path, want in zip(photos, expected, strict=True):
         got = _post_file(server.url, path).json()
-        assert got["category"] == want.category
+        assert got["category"] == _served(want)
+        assert got.get(want.verdict or "unsure", False) == bool(want.verdict)
         assert got["confidence"] == pytest.approx(want.confidence, abs=1e-6)
+        assert got["similarity"] == pytest.approx(want.similarity, abs=1e-5)
         assert [n for n, _ in got["topk"]] == [n for n, _ in want.topk]
     # JSON with base64, and several files in one request (a list, in order)
     body = {"image": base64.b64encode(photos[0].read_bytes()).decode()}
     answer = httpx.post(f"{server.url}/predict", json=body, headers=AUTH).json()
-    assert answer["category"] == expected[0].category
+    assert answer["category"] == _served(expected[0])
     files = [("file", (p.name, p.read_bytes(), "image/jpeg")) for p in photos[:3]]
     several = httpx.post(f"{server.url}/predict", files=files, headers=AUTH, timeout=60).json()
-    assert [r["category"] for r in several] == [p.category for p in expected[:3]]
+    assert [r["category"] for r in several] == [_served(p) for p in expected[:3]]
 
 
 def _bomb() -> bytes:
@@ -153,6 +162,60 @@ def test_info_describes_the_model(server, tiny_run):
     assert info["input_size"] == [64, 64] and info["model_file"] == str(tiny_run["best"])
     assert info["sha256"] == hashlib.sha256(Path(tiny_run["best"]).read_bytes()).hexdigest()
     assert info["version"]
+    card = ConfidenceCard.from_dict(read_checkpoint(tiny_run["best"])["confidence"])
+    assert info["calibration"]["temperature"] == pytest.approx(card.temperature)
+    assert info["gate"]["unknown_threshold"] == pytest.approx(card.unknown_threshold)
+    assert info["gate"]["min_confidence"] is None
+
+
+def _children(pid: int) -> set[int]:
+    """Every live (not zombie) process below ``pid``, from /proc."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z":
+            parents[int(stat.parent.name)] = int(fields[1])
+    found, todo = set(), [pid]
+    while todo:
+        current = todo.pop()
+        kids = {p for p, parent in parents.items() if parent == current}
+        found |= kids
+        todo += list(kids)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def test_unsure_answers_and_sigterm_stops_every_server_process(tiny_run, photos, tmp_path):
+    running = Server(tmp_path, f"ckpt_path={tiny_run['best']}", "device=cpu", "min_confidence=0.999")
+    try:
+        want = Predictor.from_checkpoint(tiny_run["best"], device="cpu", unknown=False).predict(photos)
+        low = min(zip(want, photos, strict=True), key=lambda x: x[0].confidence)
+        assert low[0].confidence < 0.999
+        got = _post_file(running.url, low[1], headers={}).json()
+        assert got["category"] is None and (got.get("unsure") or got.get("unknown")) is True
+        assert [n for n, _ in got["topk"]] == [n for n, _ in low[0].topk]  # the top-k kept
+        assert httpx.get(f"{running.url}/info").json()["gate"]["min_confidence"] == 0.999
+        children = _children(running.proc.pid)
+        assert len(children) >= 2  # the API server and the inference worker (and LitServe's manager)
+        os.kill(running.proc.pid, signal.SIGTERM)  # the parent only, as `kill <pid>` does
+        running.proc.wait(timeout=20)
+        deadline = time.time() + 10
+        while time.time() < deadline and any(_alive(p) for p in children):
+            time.sleep(0.2)
+        assert not [p for p in children if _alive(p)], running.log.read_text()[-2000:]
+        with socket.socket() as s:  # the port is free again
+            s.bind(("127.0.0.1", running.port))
+    finally:
+        running.stop()
 
 
 def test_concurrent_requests_each_get_their_own_answer(server, tiny_run, photos):
@@ -163,7 +226,7 @@ def test_concurrent_requests_each_get_their_own_answer(server, tiny_run, photos)
         answers = list(pool.map(lambda p: (p, _post_file(server.url, p).json()), jobs))
     for path, got in answers:
         want = expected[path.name + path.parent.name]
-        assert got["category"] == want.category
+        assert got["category"] == _served(want)
         assert got["confidence"] == pytest.approx(want.confidence, abs=1e-6)
 
 
@@ -177,7 +240,8 @@ def test_onnx_backend_gives_the_same_answers(tiny_run, photos, tmp_path):
         expected = Predictor.from_checkpoint(tiny_run["best"], device="cpu").predict(photos[:4], topk=3)
         for path, want in zip(photos[:4], expected, strict=True):
             got = _post_file(running.url, path, headers={}).json()
-            assert got["category"] == want.category
+            assert got["category"] == want.topk[0][0]  # no "none of these" without the features
+            assert "similarity" not in got
             assert [p for _, p in got["topk"]] == pytest.approx([p for _, p in want.topk], abs=1e-4)
     finally:
         running.stop()
