@@ -19,7 +19,7 @@ class ConfidenceCard:
     """Fitted on held-out photos (``source`` says which) at the end of training."""
 
     temperature: float
-    source: str  # e.g. "validation split (38 photos)" or "cross-fitted on the training photos (5 folds)"
+    source: str  # e.g. "validation split (38 photos)" or "training photos, cross-fitted (5 folds, ...)"
     heldout_confidence: torch.Tensor  # calibrated top-1 probability of each held-out photo
     heldout_correct: torch.Tensor  # bool: its top-1 was right
     ece_before: float = float("nan")
@@ -51,7 +51,7 @@ class ConfidenceCard:
                    data.get("bank"), data.get("unknown_threshold"), data.get("false_unknown"))
 
     def summary(self) -> str:
-        line = (f"temperature {self.temperature:.3f} from the {self.source}: held-out ECE "
+        line = (f"temperature {self.temperature:.3f} fitted on the {self.source}: held-out ECE "
                 f"{self.ece_before:.3f} -> {self.ece_after:.3f}")
         if self.unknown_threshold is not None:
             line += f"; unknown below similarity {self.unknown_threshold:.3f}"

@@ -145,7 +145,7 @@ def cross_fit_card(features: torch.Tensor, labels: Sequence[int], num_classes: i
         scores[held_idx] = similarity(features[held_idx], feature_bank(features[fit_idx]))
     target = torch.as_tensor(y).long()
     temperature = fit_temperature(logits, target)
-    source = f"cross-fitted on the training photos ({folds} folds, {len(y)} photos)"
+    source = f"training photos, cross-fitted ({folds} folds, {len(y)} photos)"
     card = card_from_heldout(temperature, source, calibrated_probs(logits, 1.0),
                              calibrated_probs(logits, temperature), target)
     add_unknown(card, feature_bank(features, int(confidence.get("bank_size", BANK_SIZE))), scores,

@@ -49,6 +49,12 @@ def test_cv_sweep_writes_the_summary_and_names_the_failed_fold(cv_sweep):
     report = (sweep / "cv_report.md").read_text()
     assert "fold 3 failed" in report and "mean +- sd" in report and "Pooled out-of-fold report" in report
     assert (sweep / "cv_confusion.png").stat().st_size > 1000
+    conf = summary["confidence"]  # each fold calibrated on its validation photos
+    assert len(conf["temperature"]) == 3 and 0 <= conf["ece_after"] <= 1 and 0 <= conf["ece_before"] <= 1
+    assert conf["oof_temperature"] > 0
+    assert [p["target_accuracy"] for p in conf["operating_points"]] == [0.98, 0.95]
+    assert "## Confidence (out of fold)" in report and "confidence >= | filed | accuracy" in report
+    assert (sweep / "calibration.png").is_file() and (sweep / "coverage.png").is_file()
 
 
 def test_out_of_fold_file_lists_every_photo_exactly_once(cv_sweep):

@@ -30,10 +30,41 @@ def test_report_files_after_a_run(tiny_run):
     assert all(name in text for name in ("Bags", "Cups", "Pens", "macro avg", "weighted avg"))
 
 
+def test_the_report_gives_the_calibration_and_the_operating_points(tiny_run):
+    import csv
+
+    import torch
+
+    from product_cnn.confidence.coverage import coverage_table
+    from product_cnn.confidence.temperature import calibration_error
+
+    run = tiny_run["run"]
+    section = json.loads((run / "metrics.json").read_text())["confidence"]
+    rows = list(csv.DictReader((run / "test_predictions.csv").open()))
+    names = ["Bags", "Cups", "Pens"]
+    probs = torch.tensor([[float(r[f"prob_{n}"]) for n in names] for r in rows])
+    raw = torch.tensor([[float(r[f"raw_prob_{n}"]) for n in names] for r in rows])
+    labels = torch.tensor([names.index(r["label"]) for r in rows])
+    assert section["calibrated_on"] == "validation split (12 photos)" and section["temperature"] != 1.0
+    assert section["ece_before"] == pytest.approx(calibration_error(raw, labels), abs=1e-5)
+    assert section["ece_after"] == pytest.approx(calibration_error(probs, labels), abs=1e-5)
+    confidence, predicted = probs.max(1)
+    expected = coverage_table(confidence, predicted == labels)
+    assert [(r["threshold"], r["count"]) for r in section["coverage"]] == [(r["threshold"], r["count"])
+                                                                           for r in expected]
+    assert [p["target_accuracy"] for p in section["operating_points"]] == [0.98, 0.95]
+    assert len(section["heldout_operating_points"]) == 2
+    text = (run / "classification_report.txt").read_text()
+    assert "Calibration: expected calibration error" in text and "accuracy, " in text
+    for name in ("calibration.png", "coverage.png"):
+        assert (run / name).stat().st_size > 5000
+
+
 def test_tensorboard_has_figures_and_hparams(tiny_run):
     events = EventAccumulator(str(tiny_run["run"] / "tensorboard"), size_guidance={"images": 0})
     events.Reload()
-    assert {"val/confusion_matrix", "test/predictions"} <= set(events.Tags()["images"])
+    assert {"val/confusion_matrix", "test/predictions", "test/calibration", "test/coverage"} <= set(
+        events.Tags()["images"])
     assert len(events.Images("val/confusion_matrix")) == 2  # one per epoch, none from the sanity check
     assert {"train/loss", "val/acc", "test/acc"} <= set(events.Tags()["scalars"])
     plugins = set(events.PluginTagToContent("hparams"))

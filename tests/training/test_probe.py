@@ -85,3 +85,28 @@ def test_the_probe_reaches_085_over_five_folds_of_slash5(shared_slash5, tmp_path
                           tmp_path / f"fold{fold}", tmp_path / "cache")
         accuracies.append(train(cfg)["test/acc"])
     assert np.mean(accuracies) >= 0.85, accuracies
+
+
+def test_the_probe_is_cross_fitted_and_calls_outside_photos_unknown(tree_factory, tmp_path, caplog):
+    """A probe on a small learnable folder (no validation split) carries a card from cross-fitting;
+    real photos of no category (the packages' sample photos, a screenshot, a document) are
+    `unknown` to it, its own test photos mostly not."""
+    from bench.outside_photos import write_outside_photos
+    from product_cnn.confidence.card import ConfidenceCard
+
+    root = tree_factory({"Bags": 16, "Cups": 16, "Pens": 16})
+    _, _, _, out = _probe(root, tmp_path / "run", tmp_path / "cache", "data.image_size=64", caplog=caplog)
+    ckpt = out / "checkpoints" / "probe.ckpt"
+    card = ConfidenceCard.from_dict(torch.load(ckpt, weights_only=True)["confidence"])
+    assert card.source.startswith("training photos, cross-fitted (5 folds")
+    assert card.unknown_threshold is not None and len(card.heldout_confidence) == len(card.bank)
+    outside = [p for p in write_outside_photos(tmp_path / "outside") if "blank" not in p.name
+               and "uniform" not in p.name]  # the folder's own photos are near-uniform colours
+    predictor = Predictor.from_checkpoint(ckpt, device="cpu")
+    with (out / "test_predictions.csv").open() as f:
+        tested = [root / row["path"] for row in csv.DictReader(f)]
+    away = predictor.predict(outside)
+    inside = predictor.predict(tested)
+    assert sum(p.category == "unknown" for p in away) >= 0.8 * len(away), [
+        (p.source, p.similarity) for p in away if p.category != "unknown"]
+    assert sum(p.category == "unknown" for p in inside) <= 0.2 * len(inside)
