@@ -19,12 +19,12 @@ from product_cnn.evaluation.confidence_report import (
     confidence_section,
     coverage_figure,
     reliability_figure,
-    write_confidence_figures,
 )
 from product_cnn.evaluation.reports import (
     PREDICTIONS_FILE,
     build_report,
     confusion_matrix_figure,
+    write_confidence_figures,
     write_report,
     write_test_predictions,
 )

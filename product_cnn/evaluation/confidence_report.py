@@ -4,7 +4,6 @@ the operating points a shop reads ("at >= 0.98 accuracy, 81% of photos are filed
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -125,13 +124,3 @@ def coverage_figure(probs: torch.Tensor, labels: torch.Tensor) -> Figure:
     fig.tight_layout()
     return fig
 
-
-def write_confidence_figures(out_dir: str | Path, probs: torch.Tensor, raw_probs: torch.Tensor,
-                             labels: torch.Tensor) -> list[Path]:
-    """``calibration.png`` and ``coverage.png`` in ``out_dir``, atomically."""
-    from product_cnn.evaluation.reports import save_figure  # reports.py imports this module
-
-    paths = [Path(out_dir, name) for name in CONFIDENCE_FILES]
-    save_figure(paths[0], reliability_figure(probs, raw_probs, labels))
-    save_figure(paths[1], coverage_figure(probs, labels))
-    return paths

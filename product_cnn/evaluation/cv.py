@@ -39,7 +39,6 @@ from product_cnn.errors import DataError
 from product_cnn.evaluation.confidence_report import (
     confidence_lines,
     confidence_section,
-    write_confidence_figures,
 )
 from product_cnn.evaluation.reports import (
     PREDICTIONS_FILE,
@@ -49,6 +48,7 @@ from product_cnn.evaluation.reports import (
     prediction_columns,
     raw_columns,
     save_figure,
+    write_confidence_figures,
 )
 
 log = logging.getLogger(__name__)

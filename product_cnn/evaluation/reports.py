@@ -20,6 +20,12 @@ from matplotlib.figure import Figure  # figures without pyplot: no display, no g
 from matplotlib.ticker import MaxNLocator
 
 from product_cnn.atomic import atomic_path, write_text
+from product_cnn.evaluation.confidence_report import (
+    CONFIDENCE_FILES,
+    confidence_lines,
+    coverage_figure,
+    reliability_figure,
+)
 
 REPORT_FILES = ("metrics.json", "classification_report.txt", "confusion_matrix.png", "curves.png")
 
@@ -83,8 +89,6 @@ def format_classification_report(report: dict[str, Any]) -> str:
         lines.append(f"{avg + ' avg':>{width}}  {row['precision']:>9.4f}  {row['recall']:>9.4f}  "
                      f"{row['f1']:>9.4f}  {total:>9d}")
     if report.get("confidence"):
-        from product_cnn.evaluation.confidence_report import confidence_lines
-
         lines += ["", *confidence_lines(report["confidence"])]
     return "\n".join(lines) + "\n"
 
@@ -155,6 +159,14 @@ def write_report(
     for name in REPORT_FILES:
         writers[name](out_dir / name)
         paths.append(out_dir / name)
+    return paths
+
+
+def write_confidence_figures(out_dir: str | Path, probs: Any, raw_probs: Any, labels: Any) -> list[Path]:
+    """``calibration.png`` (reliability before/after scaling) and ``coverage.png`` in ``out_dir``."""
+    paths = [Path(out_dir, name) for name in CONFIDENCE_FILES]
+    save_figure(paths[0], reliability_figure(probs, raw_probs, labels))
+    save_figure(paths[1], coverage_figure(probs, labels))
     return paths
 
 

@@ -10,14 +10,11 @@ import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 from product_cnn.atomic import write_text
 from product_cnn.confidence.gate import UNKNOWN
 from product_cnn.evaluation.label_issues import thumbnail_uri
-
-if TYPE_CHECKING:
-    from product_cnn.inference.predictor import Prediction
 
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Needs review: {count} photos</title>
@@ -38,15 +35,15 @@ body {{ font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }}
 """
 
 
-def needs_review(predictions: Sequence[Prediction]) -> list[Prediction]:
-    """The held-back photos, most doubtful first: unknown ones (least similar first), then unsure
-    ones (least confident first)."""
+def needs_review(predictions: Sequence[Any]) -> list[Any]:
+    """The held-back predictions (``Prediction``), most doubtful first: unknown ones (least similar
+    first), then unsure ones (least confident first)."""
     held = [p for p in predictions if p.ok and p.verdict]
     return sorted(held, key=lambda p: (p.verdict != UNKNOWN,
                                        p.similarity if p.verdict == UNKNOWN else p.confidence))
 
 
-def review_csv(items: Sequence[Prediction]) -> str:
+def review_csv(items: Sequence[Any]) -> str:
     """``path,label`` (absolute path, the best guess) plus why and how sure, one row per photo."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
@@ -57,7 +54,7 @@ def review_csv(items: Sequence[Prediction]) -> str:
     return buffer.getvalue()
 
 
-def review_html(items: Sequence[Prediction], gate: str, side: int = 160) -> str:
+def review_html(items: Sequence[Any], gate: str, side: int = 160) -> str:
     cards = []
     for p in items:
         uri = thumbnail_uri(p.source, side)
@@ -73,7 +70,7 @@ def review_html(items: Sequence[Prediction], gate: str, side: int = 160) -> str:
     return _PAGE.format(count=len(items), intro=intro, cards="\n".join(cards) or "<p>Nothing to review.</p>")
 
 
-def write_review(predictions: Sequence[Prediction], out_dir: str | Path, gate: str) -> tuple[Path, Path, int]:
+def write_review(predictions: Sequence[Any], out_dir: str | Path, gate: str) -> tuple[Path, Path, int]:
     """Write ``review.csv`` and ``review.html`` into ``out_dir``; return their paths and the count."""
     items = needs_review(predictions)
     csv_path, html_path = Path(out_dir) / "review.csv", Path(out_dir) / "review.html"

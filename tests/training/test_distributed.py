@@ -81,7 +81,7 @@ def test_optuna_sweep_runs_two_trials_and_maximises_val_acc(tmp_path):
 
 
 @pytest.mark.parametrize(("overrides", "error"), [
-    (["experiment=slash5"],  # no validation photos
+    (["experiment=slash5", "data.val_fraction=0"],  # no validation photos
      "optimized_metric=val/acc_best needs validation photos, but this run has none (data.val_fraction=0, "
      "as in experiment=slash5): add data.val_fraction=0.2 callbacks.model_checkpoint.monitor=val/acc"),
     (["callbacks.model_checkpoint.monitor=val/loss", "callbacks.model_checkpoint.mode=min"],

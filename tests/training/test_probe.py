@@ -69,7 +69,8 @@ def test_the_probe_checkpoint_predicts_what_features_and_head_predict(tree_facto
     mean, scale = x.mean(0), x.std(0)
     scale[scale < 1e-12] = 1
     head = LogisticRegression(C=1.0, max_iter=2000, random_state=42).fit((x - mean) / scale, y)
-    want = head.predict_proba((x - mean) / scale)
+    temperature = saved["confidence"]["temperature"]  # the probe is calibrated (cross-fitted)
+    want = torch.softmax(torch.tensor(head.predict_log_proba((x - mean) / scale)) / temperature, 1).numpy()
     batch = torch.stack([load_image(p, 32) for p in known])
     got = predictor.probabilities(batch).double().numpy()
     assert len(known) >= 12 and np.abs(got - want).max() < 1e-5
