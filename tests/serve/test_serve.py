@@ -265,28 +265,49 @@ def _browser():
     return webdriver.Chrome(options=options, service=service)
 
 
-def test_the_web_page_classifies_a_dropped_photo_in_a_real_browser(server, photos, tmp_path):
+def _drop_in_browser(url: str, photo: Path, shot: Path, key: str | None = KEY) -> tuple[str, int]:
+    """Drop ``photo`` on the page in a real browser; (the category line shown, bars shown)."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
 
     browser = _browser()
     try:
-        browser.get(f"{server.url}/")
-        browser.find_element(By.ID, "key").send_keys(KEY)
+        browser.get(f"{url}/")
+        if key:
+            browser.find_element(By.ID, "key").send_keys(key)
         chooser = browser.find_element(By.ID, "files")
         browser.execute_script("arguments[0].hidden = false", chooser)
-        chooser.send_keys(str(photos[0]))
+        chooser.send_keys(str(photo))
         answered = expected_conditions.presence_of_element_located((By.CLASS_NAME, "category"))
         WebDriverWait(browser, 60).until(answered)
         shown = browser.find_element(By.CLASS_NAME, "category").text
         bars = browser.find_elements(By.CLASS_NAME, "bar")
-        shot = tmp_path / "page.png"
         browser.save_screenshot(str(shot))
         if os.environ.get("PRODUCT_CNN_SCREENSHOT"):  # how docs/serve.png was made
             browser.save_screenshot(os.environ["PRODUCT_CNN_SCREENSHOT"])
     finally:
         browser.quit()
+    return shown, len(bars)
+
+
+def test_the_web_page_classifies_a_dropped_photo_in_a_real_browser(server, photos, tmp_path):
     expected = _post_file(server.url, photos[0]).json()
-    assert shown.startswith(expected["category"] + " (") and len(bars) == 3
-    assert shot.stat().st_size > 5000
+    shown, bars = _drop_in_browser(server.url, photos[0], tmp_path / "page.png")
+    held = "needs review: " + ("none of these categories" if expected.get("unknown") else "not sure")
+    assert shown.startswith(expected["category"] + " (" if expected["category"] else held) and bars == 3
+    assert (tmp_path / "page.png").stat().st_size > 5000
+
+
+def test_the_web_page_marks_a_held_back_photo_needs_review(tiny_run, photos, tmp_path):
+    _browser().quit()  # skips here, before a server starts, when there is no browser
+    want = Predictor.from_checkpoint(tiny_run["best"], device="cpu", unknown=False).predict(photos)
+    low = min(zip(want, photos, strict=True), key=lambda x: x[0].confidence)
+    assert low[0].confidence < 0.999
+    running = Server(tmp_path, f"ckpt_path={tiny_run['best']}", "device=cpu", "min_confidence=0.999",
+                     "unknown=false")
+    try:
+        shown, bars = _drop_in_browser(running.url, low[1], tmp_path / "page.png", key=None)
+    finally:
+        running.stop()
+    assert shown == "needs review: not sure" and bars == 3  # the top-k still shown
