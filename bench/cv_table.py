@@ -8,7 +8,8 @@ A row per sweep (per setting, when a sweep holds several): its overrides, comple
 accuracy and macro F1 as mean +- sd over the folds, and the pooled out-of-fold accuracy and
 macro F1. Used to compare settings on the same folds (same data and data.split_seed).
 With ``--ensemble``, one more row: the sweeps' models averaged (each photo's out-of-fold
-probabilities, see product_cnn.evaluation.cv.ensemble_summary), with its per-fold accuracies.
+probabilities, see product_cnn.evaluation.cv.ensemble_summary), with its per-fold accuracies and,
+when the sweeps were calibrated, its out-of-fold ECE and operating points.
 With ``--merge OUT``: the folds of several sweeps of one setting (e.g. folds 0-2 of a screen and
 folds 3-4 run later with the same overrides) linked into the new folder OUT (nothing is copied
 or moved) and summarised there as one sweep; a fold that two sweeps both ran is refused.
@@ -77,6 +78,12 @@ def main() -> None:
         s = ensemble_summary(sweeps)
         print(line(s))
         print("\nensemble per fold: " + ", ".join(f"{f['fold']}: {f['accuracy']:.3f}" for f in s["per_fold"]))
+        if "confidence" in s:
+            from product_cnn.evaluation.confidence_report import confidence_lines
+
+            print("\n" + "\n".join(confidence_lines(s["confidence"])))
+            cross = s["confidence"]["ece_after_oof_temperature"]
+            print(f"one temperature fitted on the other folds: ECE {cross:.4f}")
 
 
 if __name__ == "__main__":

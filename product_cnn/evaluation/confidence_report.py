@@ -65,7 +65,10 @@ def confidence_section(probs: torch.Tensor, raw_probs: torch.Tensor, labels: tor
 def confidence_lines(section: dict[str, Any]) -> list[str]:
     """The section as a few lines of text (the classification report, cv_report.md)."""
     t = section["temperature"]
-    t_text = f"{t:.3f}" if isinstance(t, float) else "per fold " + ", ".join(f"{x:.3f}" for x in t)
+    if isinstance(t, float):
+        t_text = f"{t:.3f}"
+    else:  # a sweep: per fold; an ensemble of sweeps: each member its own
+        t_text = "per fold " + ", ".join(f"{x:.3f}" for x in t) if t else "each member's own"
     source = f", fitted on the {section['calibrated_on']}" if section.get("calibrated_on") else ""
     lines = [f"Calibration: expected calibration error {section['ece_before']:.4f} before, "
              f"{section['ece_after']:.4f} after temperature scaling (T = {t_text}{source}); "

@@ -146,7 +146,9 @@ def summarize(runs: list[FoldRun]) -> tuple[dict[str, Any], list[dict[str, Any]]
     if oof and all(c in oof[0] for c in raw_columns(names)):
         temperatures = [r.metrics.get("confidence", {}).get("temperature", 1.0)
                         for r in sorted(done, key=lambda r: r.fold)]
-        summary["confidence"] = _oof_confidence(oof, names, temperatures)
+        probs, raw, labels = oof_arrays(oof, names)
+        folds = torch.tensor([int(row["fold"]) for row in oof])
+        summary["confidence"] = _oof_confidence(probs, raw, labels, folds, temperatures)
     return summary, oof
 
 
@@ -158,14 +160,12 @@ def oof_arrays(rows: list[dict[str, Any]], names: list[str]
     return probs, raw, torch.tensor([names.index(row["label"]) for row in rows])
 
 
-def _oof_confidence(rows: list[dict[str, Any]], names: list[str],
+def _oof_confidence(probs: torch.Tensor, raw: torch.Tensor, labels: torch.Tensor, folds: torch.Tensor,
                     temperatures: list[float]) -> dict[str, Any]:
     """The pooled confidence section: each fold scaled by its own temperature; and, for comparison,
     one temperature fitted on the other folds' out-of-fold predictions (the log of their raw
     probabilities as logits), which needs no validation split."""
-    probs, raw, labels = oof_arrays(rows, names)
     section = confidence_section(probs, raw, labels, temperatures)
-    folds = torch.tensor([int(row["fold"]) for row in rows])
     logits = raw.double().clamp_min(1e-12).log()
     cross = torch.zeros_like(probs)
     for k in folds.unique():
@@ -223,9 +223,12 @@ def ensemble_summary(sweeps: list[str | Path]) -> dict[str, Any]:
         if [c.removeprefix("prob_") for c in next(iter(table.values())) if c.startswith("prob_")] != names:
             raise DataError(f"{sweep} was trained on other classes than {sweeps[0]}")
     rows = [first[p] for p in sorted(first)]
-    columns = prediction_columns(names)
-    probs = torch.stack([torch.tensor([[float(t[r["path"]][c]) for c in columns] for r in rows])
-                         for t in tables]).mean(0)
+
+    def mean_of(columns: list[str]) -> torch.Tensor:
+        return torch.stack([torch.tensor([[float(t[r["path"]][c]) for c in columns] for r in rows])
+                            for t in tables]).mean(0)
+
+    probs = mean_of(prediction_columns(names))
     folds = sorted({int(r["fold"]) for r in rows})
     per_fold = []
     for k in folds:
@@ -234,7 +237,7 @@ def ensemble_summary(sweeps: list[str | Path]) -> dict[str, Any]:
         per_fold.append({"fold": k, "test_photos": len(index), "accuracy": report["accuracy"],
                          "macro_f1": report["macro"]["f1"],
                          "recall": {n: report["per_class"][n]["recall"] for n in names}})
-    return {
+    summary = {
         "setting": ["ensemble of", *map(str, sweeps)],
         "class_names": names,
         "folds": folds_in_split,
@@ -243,6 +246,11 @@ def ensemble_summary(sweeps: list[str | Path]) -> dict[str, Any]:
         "mean_sd": _fold_means(per_fold, names),
         "pooled": _report(rows, names, probs),
     }
+    if all(c in next(iter(t.values())) for t in tables for c in raw_columns(names)):
+        labels = torch.tensor([names.index(r["label"]) for r in rows])
+        fold_of = torch.tensor([int(r["fold"]) for r in rows])
+        summary["confidence"] = _oof_confidence(probs, mean_of(raw_columns(names)), labels, fold_of, [])
+    return summary
 
 
 def _markdown(summary: dict[str, Any]) -> str:
