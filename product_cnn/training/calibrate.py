@@ -23,6 +23,7 @@ from product_cnn.training.checkpoint import read_checkpoint
 
 log = logging.getLogger(__name__)
 FALSE_UNKNOWN = 0.02  # the share of held-out product photos the unknown threshold rejects
+MIN_HELDOUT = 10  # fewer held-out photos than this: no calibration (a temperature from 3 photos is noise)
 
 
 @torch.inference_mode()
@@ -74,10 +75,15 @@ def fit_confidence(model: L.LightningModule, datamodule: ProductDataModule, opti
 
 
 def calibrate_after_fit(trainer: L.Trainer, model: L.LightningModule, datamodule: ProductDataModule,
-                        tta: str, options: Any = None) -> ConfidenceCard:
+                        tta: str, options: Any = None) -> ConfidenceCard | None:
     """Fit the card of the checkpoint the run chose (with the final test's ``tta``) and store it in
     that checkpoint (not in ``last.ckpt``: that one is for resuming, and a resumed run fits its own);
-    the test after fit then reports with it."""
+    the test after fit then reports with it. None (a note in the log) with too few validation photos."""
+    held_out = len(datamodule.split_samples.get("val", []))
+    if held_out < MIN_HELDOUT:
+        log.warning("Not calibrated: %d validation photo(s), at least %d needed (data.val_fraction)",
+                    held_out, MIN_HELDOUT)
+        return None
     callback = trainer.checkpoint_callback
     chosen = callback.best_model_path if callback is not None else ""
     if chosen:  # the weights the test will load (the best epoch, or the last one)

@@ -33,7 +33,7 @@ from product_cnn.data.cache import fingerprint
 from product_cnn.data.datamodule import ImageListDataset, ProductDataModule
 from product_cnn.data.images import to_unit_float
 from product_cnn.errors import ProductCNNError
-from product_cnn.training.calibrate import FALSE_UNKNOWN, add_unknown
+from product_cnn.training.calibrate import FALSE_UNKNOWN, MIN_HELDOUT, add_unknown
 from product_cnn.training.trainer import build_trainer
 
 log = logging.getLogger(__name__)
@@ -134,7 +134,7 @@ def cross_fit_card(features: torch.Tensor, labels: Sequence[int], num_classes: i
     confidence = dict(confidence or {})
     y = np.asarray(labels)
     folds = min(folds, int(np.bincount(y).min()) if len(y) else 0)
-    if folds < 2:
+    if folds < 2 or len(y) < MIN_HELDOUT:
         log.warning("Too few photos per class to cross-fit the probe's calibration: not calibrated")
         return None
     logits = torch.zeros(len(y), num_classes)

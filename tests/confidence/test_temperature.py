@@ -34,6 +34,12 @@ def test_scaling_keeps_the_argmax_and_lowers_the_calibration_error():
     assert calibration_error(before, labels) > 0.1 > 0.02 > calibration_error(after, labels)
 
 
+def test_no_temperature_without_a_single_wrong_held_out_prediction():
+    logits = torch.tensor([[3.0, 0.0], [0.0, 2.0], [1.0, 0.5]])
+    assert fit_temperature(logits, logits.argmax(1)) == 1.0  # the NLL would fall without end as T -> 0
+    assert fit_temperature(logits, torch.tensor([0, 1, 1])) != 1.0
+
+
 def test_several_views_are_averaged_after_the_softmax():
     a, b = torch.randn(4, 3), torch.randn(4, 3)
     expected = (torch.softmax(a / 2, 1) + torch.softmax(b / 2, 1)) / 2
