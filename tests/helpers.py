@@ -18,6 +18,15 @@ SHARED_SLASH5 = REPO.parent / "shared" / "data" / "slash5"
 PALETTE = [(220, 40, 40), (40, 180, 60), (40, 70, 220), (230, 200, 40), (160, 60, 200)]
 
 
+def snapshot(folder: Path) -> dict[str, tuple[str, int]]:
+    """Every file under ``folder``: its sha256 and mtime (to show that nothing was changed)."""
+    import hashlib
+    import os
+
+    return {p: (hashlib.sha256(open(p, "rb").read()).hexdigest(), os.stat(p).st_mtime_ns)
+            for p in sorted(str(x) for x in folder.rglob("*") if x.is_file())}
+
+
 def write_image(path: Path, color: tuple[int, int, int], seed: int, size=(48, 40)) -> Path:
     """A small noisy picture dominated by ``color``; format from the suffix."""
     rng = np.random.default_rng(seed)

@@ -8,13 +8,12 @@ skipped (a photo the person decided not to use).
 
 from __future__ import annotations
 
-import csv
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from product_cnn.data.images import is_image_file, open_image
-from product_cnn.data.relabel import EXCLUDE
+from product_cnn.data.relabel import EXCLUDE, read_path_label_csv
 from product_cnn.errors import DataError, ImageLoadError
 
 Sample = tuple[str, int]
@@ -38,16 +37,7 @@ def read_extra(file: str | Path, class_names: list[str], known: set[str]) -> Ext
     ``data.relabel`` to change their label)."""
     file = Path(file).expanduser()
     where = f"data.extra={file}"
-    try:
-        with open(file, newline="") as handle:
-            rows = list(csv.DictReader(handle))
-            columns = rows[0].keys() if rows else []
-    except FileNotFoundError:
-        raise DataError(f"{where}: no such file") from None
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise DataError(f"{where} cannot be read: {err}") from None
-    if not {"path", "label"} <= set(columns):
-        raise DataError(f"{where} needs the columns path,label (found {', '.join(columns) or 'none'})")
+    rows = read_path_label_csv(file, "data.extra")
     extra = Extra(str(file))
     seen: dict[str, str] = {}
     for number, row in enumerate(rows, start=2):  # the header is line 1

@@ -31,20 +31,26 @@ class Relabel:
         return f"relabel {self.file}: relabelled {self.relabelled}, excluded {self.excluded}"
 
 
-def read_relabel(file: str | Path, root: str, class_names: list[str]) -> Relabel:
-    """Parse and check ``file``; raise :class:`DataError` naming the first bad row."""
-    file = Path(file).expanduser()
+def read_path_label_csv(file: Path, option: str) -> list[dict[str, str]]:
+    """The rows of a CSV with (at least) the columns ``path,label``; one-line errors naming ``option``."""
     try:
         with open(file, newline="") as handle:
             rows = list(csv.DictReader(handle))
             columns = rows[0].keys() if rows else []
     except FileNotFoundError:
-        raise DataError(f"data.relabel={file}: no such file") from None
+        raise DataError(f"{option}={file}: no such file") from None
     except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise DataError(f"data.relabel={file} cannot be read: {err}") from None
+        raise DataError(f"{option}={file} cannot be read: {err}") from None
     if not {"path", "label"} <= set(columns):
         found = ", ".join(columns) or "none"
-        raise DataError(f"data.relabel={file} needs the columns path,label (found {found})")
+        raise DataError(f"{option}={file} needs the columns path,label (found {found})")
+    return rows
+
+
+def read_relabel(file: str | Path, root: str, class_names: list[str]) -> Relabel:
+    """Parse and check ``file``; raise :class:`DataError` naming the first bad row."""
+    file = Path(file).expanduser()
+    rows = read_path_label_csv(file, "data.relabel")
     labels: dict[str, str] = {}
     allowed = [*class_names, EXCLUDE]
     for number, row in enumerate(rows, start=2):  # the header is line 1

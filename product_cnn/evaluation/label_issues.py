@@ -136,16 +136,18 @@ def thumbnail_uri(path: str | Path, side: int = 160) -> str | None:
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+CARD_CSS = """body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
+.grid { display: flex; flex-wrap: wrap; gap: 12px; }
+.card { width: 190px; border: 1px solid #ccc; border-radius: 6px; padding: 8px; font-size: 12px; }
+.card img { display: block; margin: 0 auto 6px; max-width: 174px; max-height: 174px; }
+.path { color: #666; word-break: break-all; }"""  # the contact sheets' style (also review.html)
+
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Label issues: {title}</title>
 <style>
-body {{ font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }}
-.grid {{ display: flex; flex-wrap: wrap; gap: 12px; }}
-.card {{ width: 190px; border: 1px solid #ccc; border-radius: 6px; padding: 8px; font-size: 12px; }}
+{css}
 .card.conflict {{ border-color: #c0392b; background: #fdf2f0; }}
-.card img {{ display: block; margin: 0 auto 6px; max-width: 174px; max-height: 174px; }}
 .given {{ color: #c0392b; font-weight: 600; }} .suggested {{ color: #1e7d32; font-weight: 600; }}
-.path {{ color: #666; word-break: break-all; }}
 </style></head><body>
 <h1>Label issues: {title}</h1>
 <p>{intro}</p>
@@ -182,7 +184,7 @@ def _html(issues: Sequence[LabelIssue], root: str, total: int, side: int) -> str
     intro = (f"{len(issues)} of {total} photos flagged in {html.escape(root)}. To correct labels, write a "
              "CSV with the columns <code>path,label</code> (a class, or <code>exclude</code>) and train "
              "with <code>data.relabel=&lt;that csv&gt;</code>: the photos themselves are never changed.")
-    return _PAGE.format(title=html.escape(root), intro=intro, sections="\n".join(sections))
+    return _PAGE.format(title=html.escape(root), intro=intro, sections="\n".join(sections), css=CARD_CSS)
 
 
 def write_label_issues(cv_dir: str | Path, data_root: str | None = None, output_dir: str | Path | None = None,

@@ -14,17 +14,14 @@ from typing import Any
 
 from product_cnn.atomic import write_text
 from product_cnn.confidence.gate import UNKNOWN
-from product_cnn.evaluation.label_issues import thumbnail_uri
+from product_cnn.evaluation.label_issues import CARD_CSS, thumbnail_uri
 
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Needs review: {count} photos</title>
 <style>
-body {{ font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }}
-.grid {{ display: flex; flex-wrap: wrap; gap: 12px; }}
-.card {{ width: 190px; border: 1px solid #ccc; border-radius: 6px; padding: 8px; font-size: 12px; }}
+{css}
 .card.unknown {{ border-color: #c0392b; background: #fdf2f0; }}
-.card img {{ display: block; margin: 0 auto 6px; max-width: 174px; max-height: 174px; }}
-.why {{ font-weight: 600; }} .path {{ color: #666; word-break: break-all; }}
+.why {{ font-weight: 600; }}
 </style></head><body>
 <h1>Needs review: {count} photos</h1>
 <p>{intro}</p>
@@ -67,7 +64,8 @@ def review_html(items: Sequence[Any], gate: str, side: int = 160) -> str:
     intro = (f"Held back by: {html.escape(gate)}. To train on them, correct the <code>label</code> column of "
              "<code>review.csv</code> (a class, or <code>exclude</code> to leave a photo out) and run "
              "<code>python train.py data.extra=review.csv</code>: the photos themselves are never changed.")
-    return _PAGE.format(count=len(items), intro=intro, cards="\n".join(cards) or "<p>Nothing to review.</p>")
+    return _PAGE.format(count=len(items), intro=intro, css=CARD_CSS,
+                        cards="\n".join(cards) or "<p>Nothing to review.</p>")
 
 
 def write_review(predictions: Sequence[Any], out_dir: str | Path, gate: str) -> tuple[Path, Path, int]:

@@ -1,8 +1,6 @@
 """data.extra: photos from anywhere added to the training split with their labels, checked in one
 line before training, recorded in the config, checkpoint and data table; the files untouched."""
 
-import hashlib
-import os
 
 import pytest
 import torch
@@ -10,12 +8,7 @@ import torch
 from product_cnn.data.datamodule import ProductDataModule
 from product_cnn.errors import DataError
 from product_cnn.tasks import train
-from tests.helpers import FAST, PALETTE, compose_cfg, write_image
-
-
-def _snapshot(folder):
-    return {p: (hashlib.sha256(open(p, "rb").read()).hexdigest(), os.stat(p).st_mtime_ns)
-            for p in sorted(str(x) for x in folder.rglob("*") if x.is_file())}
+from tests.helpers import FAST, PALETTE, compose_cfg, snapshot, write_image
 
 
 def _write(path, rows):
@@ -39,7 +32,7 @@ def reviewed(tmp_path):
 
 def test_extra_photos_join_the_training_split_as_labelled(tree_factory, reviewed):
     root, (outside, csv) = tree_factory({"Bags": 10, "Cups": 10, "Pens": 10}), reviewed
-    before = _snapshot(root) | _snapshot(outside)
+    before = snapshot(root) | snapshot(outside)
     plain = ProductDataModule(str(root), image_size=32, batch_size=4)
     plain.setup("fit")
     dm = ProductDataModule(str(root), image_size=32, batch_size=4, extra=str(csv))
@@ -55,7 +48,7 @@ def test_extra_photos_join_the_training_split_as_labelled(tree_factory, reviewed
     assert dm.state_dict()["extra"]["labels"] == added
     images, _ = next(iter(dm.train_dataloader()))  # they load like the others
     assert images.dtype == torch.uint8
-    assert _snapshot(root) | _snapshot(outside) == before  # nothing moved or rewritten
+    assert snapshot(root) | snapshot(outside) == before  # nothing moved or rewritten
 
 
 def test_extra_is_recorded_in_the_config_and_the_checkpoint(tree_factory, reviewed, tmp_path):

@@ -1,6 +1,5 @@
 """data.relabel: corrections applied at scan time, recorded, checked in one line; photos untouched."""
 
-import hashlib
 import os
 
 import pytest
@@ -8,11 +7,7 @@ import torch
 
 from product_cnn.data.datamodule import ProductDataModule
 from product_cnn.errors import DataError
-
-
-def _snapshot(root):
-    return {p: (hashlib.sha256(open(p, "rb").read()).hexdigest(), os.stat(p).st_mtime_ns)
-            for p in sorted(str(x) for x in root.rglob("*") if x.is_file())}
+from tests.helpers import snapshot
 
 
 def _write(path, rows):
@@ -22,7 +17,7 @@ def _write(path, rows):
 
 def test_relabel_and_exclude_without_touching_the_files(tree_factory, tmp_path):
     root = tree_factory({"Bags": 10, "Cups": 10, "Pens": 10})
-    before = _snapshot(root)
+    before = snapshot(root)
     csv = _write(tmp_path / "fix.csv", [("Bags/img_000.jpg", "Cups"), ("Bags/img_001.jpg", "exclude"),
                                         (str(root / "Pens" / "img_002.jpg"), "Bags"),  # absolute path
                                         ("Cups/img_003.jpg", "Cups")])  # its own label: no change
@@ -34,7 +29,7 @@ def test_relabel_and_exclude_without_touching_the_files(tree_factory, tmp_path):
     assert [sum(c[i] for c in dm.counts().values()) for i in range(3)] == [9, 11, 9]
     assert "relabelled 2, excluded 1" in dm.describe()
     assert dm.state_dict()["relabel"]["relabelled"] == 2
-    assert _snapshot(root) == before  # nothing moved, renamed or rewritten
+    assert snapshot(root) == before  # nothing moved, renamed or rewritten
 
 
 @pytest.mark.parametrize(("rows", "message"), [
