@@ -299,6 +299,7 @@ def test_the_web_page_classifies_a_dropped_photo_in_a_real_browser(server, photo
     assert (tmp_path / "page.png").stat().st_size > 5000
 
 
+@pytest.mark.slow  # a second server and browser (about 30 s); CI runs the slow tests too
 def test_the_web_page_marks_a_held_back_photo_needs_review(tiny_run, photos, tmp_path):
     _browser().quit()  # skips here, before a server starts, when there is no browser
     want = Predictor.from_checkpoint(tiny_run["best"], device="cpu", unknown=False).predict(photos)
