@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import html
 import io
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +16,8 @@ from typing import Any
 from product_cnn.atomic import write_text
 from product_cnn.confidence.gate import UNKNOWN
 from product_cnn.evaluation.label_issues import CARD_CSS, thumbnail_uri
+
+log = logging.getLogger(__name__)
 
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Needs review: {count} photos</title>
@@ -69,9 +72,16 @@ def review_html(items: Sequence[Any], gate: str, side: int = 160) -> str:
 
 
 def write_review(predictions: Sequence[Any], out_dir: str | Path, gate: str) -> tuple[Path, Path, int]:
-    """Write ``review.csv`` and ``review.html`` into ``out_dir``; return their paths and the count."""
+    """Write ``review.csv`` and ``review.html`` into ``out_dir``; return their paths and the count.
+    An existing ``review.csv`` (perhaps already corrected by a person) is kept as ``review.N.csv``."""
     items = needs_review(predictions)
     csv_path, html_path = Path(out_dir) / "review.csv", Path(out_dir) / "review.html"
+    if csv_path.exists():
+        n = 1
+        while (kept := csv_path.with_name(f"review.{n}.csv")).exists():
+            n += 1
+        os.replace(csv_path, kept)
+        log.warning("Kept the previous %s as %s", csv_path, kept.name)
     write_text(csv_path, review_csv(items))
     write_text(html_path, review_html(items, gate))
     return csv_path, html_path, len(items)

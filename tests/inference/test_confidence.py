@@ -112,3 +112,15 @@ def test_target_accuracy_takes_the_threshold_the_held_out_photos_reached(tiny_ru
     predictor = Predictor.from_checkpoint(tiny_run["best"], device="cpu", target_accuracy=target)
     assert predictor.gate.min_confidence == pytest.approx(card.threshold_for(target)[0])
     assert predictor.gate.target_accuracy == target
+
+
+def test_a_second_review_keeps_the_first_review_csv(tmp_path):
+    from product_cnn.inference.predictor import Prediction
+    from product_cnn.inference.review import write_review
+
+    held = [Prediction("a.jpg", "unsure", 0.4, [("Bags", 0.4)], verdict="unsure")]
+    write_review(held, tmp_path, "unsure below 0.5")
+    (tmp_path / "review.csv").write_text("path,label\na.jpg,Cups\n")  # a person's corrections
+    write_review(held, tmp_path, "unsure below 0.5")
+    assert (tmp_path / "review.1.csv").read_text() == "path,label\na.jpg,Cups\n"
+    assert "Bags" in (tmp_path / "review.csv").read_text()
