@@ -180,7 +180,7 @@ def test_cli_eval_of_a_missing_checkpoint(tmp_path):
 def test_a_bad_image_in_a_worker_becomes_one_line(tree_factory):
     from torch.utils.data import DataLoader
 
-    from product_cnn.data.datamodule import ImageListDataset
+    from product_cnn.data.dataset import ImageListDataset
     from product_cnn.errors import ImageLoadError, one_line
 
     root = tree_factory({"Bags": 3, "Cups": 3})

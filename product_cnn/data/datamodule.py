@@ -12,16 +12,17 @@ import lightning as L
 import torch
 import torch.distributed as dist
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from product_cnn.data.augment import build_augment, build_mix
 from product_cnn.data.cache import DecodedImageCache, default_cache_dir
 from product_cnn.data.check import TreeCheck, check_report, check_tree
+from product_cnn.data.dataset import ImageListDataset
 from product_cnn.data.demo import default_demo_root, ensure_demo_dataset
 from product_cnn.data.extra import Extra, read_extra
 from product_cnn.data.folder import SPLITS, FolderTree, Sample, scan_tree
 from product_cnn.data.folds import check_fold, kfold_split
-from product_cnn.data.images import ImageSize, load_image, to_unit_float
+from product_cnn.data.images import to_unit_float
 from product_cnn.data.relabel import Relabel, apply_relabel, read_relabel
 from product_cnn.data.samplers import EpochShuffleSampler, EpochWeightedSampler
 from product_cnn.data.split import stratified_split
@@ -30,36 +31,6 @@ from product_cnn.errors import CheckpointError, DataError
 log = logging.getLogger(__name__)
 
 BALANCES = ("none", "weighted_loss", "sampler")
-
-
-class ImageListDataset(Dataset):
-    """``(uint8 image tensor (3, H, W), label)`` for a list of ``(path, label)`` samples.
-
-    With a :class:`DecodedImageCache` the tensors come from it instead of the image files.
-    ``with_index=True`` adds the sample's index: ``(image, label, index)``, so that per-photo
-    results can be traced back to their file.
-    """
-
-    def __init__(self, samples: list[Sample], image_size: ImageSize = 256,
-                 cache: DecodedImageCache | None = None, with_index: bool = False) -> None:
-        self.samples = samples
-        self.image_size = image_size
-        self.cache = cache
-        self.with_index = with_index
-        if cache is not None:
-            position = {path: i for i, path in enumerate(cache.paths)}
-            self.cache_index = [position[path] for path, _ in samples]
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | tuple[torch.Tensor, int, int]:
-        path, label = self.samples[index]
-        if self.cache is not None:
-            image = self.cache[self.cache_index[index]]
-        else:
-            image = load_image(path, self.image_size)
-        return (image, label, index) if self.with_index else (image, label)
 
 
 class ProductDataModule(L.LightningDataModule):

@@ -16,7 +16,8 @@ from product_cnn.atomic import atomic_path
 from product_cnn.confidence.card import ConfidenceCard, card_from_heldout
 from product_cnn.confidence.novelty import BANK_SIZE, feature_bank, similarity, unknown_threshold
 from product_cnn.confidence.temperature import calibrated_probs, fit_temperature
-from product_cnn.data.datamodule import ImageListDataset, ProductDataModule
+from product_cnn.data.datamodule import ProductDataModule
+from product_cnn.data.dataset import ImageListDataset
 from product_cnn.data.images import to_unit_float
 from product_cnn.models.penultimate import Penultimate
 from product_cnn.training.checkpoint import read_checkpoint

@@ -30,7 +30,8 @@ from product_cnn.confidence.card import ConfidenceCard, card_from_heldout
 from product_cnn.confidence.novelty import BANK_SIZE, feature_bank, similarity
 from product_cnn.confidence.temperature import calibrated_probs, fit_temperature
 from product_cnn.data.cache import fingerprint
-from product_cnn.data.datamodule import ImageListDataset, ProductDataModule
+from product_cnn.data.datamodule import ProductDataModule
+from product_cnn.data.dataset import ImageListDataset
 from product_cnn.data.images import to_unit_float
 from product_cnn.errors import ProductCNNError
 from product_cnn.training.calibrate import FALSE_UNKNOWN, MIN_HELDOUT, add_unknown
