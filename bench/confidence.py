@@ -16,7 +16,6 @@ with the share of slash5 test photos and of outside photos called unknown at the
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 import tempfile
@@ -33,19 +32,21 @@ from common import machine
 
 from bench.outside_photos import write_outside_photos
 from product_cnn.confidence.gate import build_gate
+from product_cnn.evaluation.cv import find_fold_runs
 from product_cnn.inference.predictor import Predictor
 
 
 def fold_runs(sweep: Path) -> list[tuple[int, Path, Path, list[tuple[str, str]], str]]:
     """(fold, checkpoint, job dir, [(photo, label)], tta) of each finished fold run."""
     runs = []
-    for job in sorted(p for p in sweep.iterdir() if (p / "test_predictions.csv").is_file()):
-        cfg = OmegaConf.load(job / ".hydra" / "config.yaml")
-        ckpts = [p for p in (job / "checkpoints").glob("*.ckpt") if p.name != "last.ckpt"]
-        root = Path(json.loads((job / "metrics.json").read_text())["data_root"])
-        with (job / "test_predictions.csv").open(newline="") as f:
-            photos = [(str(root / r["path"]), r["label"]) for r in csv.DictReader(f)]
-        runs.append((int(cfg.data.fold), ckpts[0], job, photos, str(cfg.get("tta", "none"))))
+    for run in find_fold_runs(sweep):
+        if not run.ok:
+            continue
+        ckpt = next(p for p in (run.job_dir / "checkpoints").glob("*.ckpt") if p.name != "last.ckpt")
+        root = Path(run.metrics["data_root"])
+        photos = [(str(root / r["path"]), r["label"]) for r in run.rows]
+        tta = str(OmegaConf.load(run.job_dir / ".hydra" / "config.yaml").get("tta", "none"))
+        runs.append((run.fold, ckpt, run.job_dir, photos, tta))
     return sorted(runs)
 
 
@@ -99,7 +100,7 @@ def main() -> None:
             print(f"fold {fold}: unknown below {threshold:.3f}: AUROC {row['auroc']:.4f} (max softmax "
                   f"{row['auroc_max_softmax']:.4f}); unknown: {row['slash5_unknown']:.1%} of its "
                   f"{len(s_in)} test photos, {row['outside_unknown']:.1%} of the outside photos; "
-                  f"target 0.98: {row['at_0.98']['coverage']:.0%} filed at {row['at_0.98']['accuracy']}")
+                  f"target 0.98: {row['at_0.98']['coverage']:.0%} filed at accuracy {row['at_0.98']['accuracy'] or 0:.3f}")
         m_in, m_out = np.concatenate(margins_in), np.concatenate(margins_out)
         y = np.r_[np.zeros(len(m_in)), np.ones(len(m_out))]
         result["pooled"] = {"auroc_margin": roc_auc_score(y, -np.r_[m_in, m_out]),

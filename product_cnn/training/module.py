@@ -215,9 +215,7 @@ class ProductClassifier(L.LightningModule):
     @staticmethod
     def _merge(views: list[torch.Tensor]) -> torch.Tensor:
         """One view's logits, or the log of the views' mean probabilities."""
-        if len(views) == 1:
-            return views[0]
-        return torch.log(torch.stack([torch.softmax(v.float(), 1) for v in views]).mean(0))
+        return views[0] if len(views) == 1 else calibrated_probs(views, 1.0).log()
 
     def _evaluate(self, images: torch.Tensor) -> torch.Tensor:
         """Logits, or with ``tta="flip"`` the log of the mean probabilities of images and mirrors."""
