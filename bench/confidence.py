@@ -100,7 +100,8 @@ def main() -> None:
             print(f"fold {fold}: unknown below {threshold:.3f}: AUROC {row['auroc']:.4f} (max softmax "
                   f"{row['auroc_max_softmax']:.4f}); unknown: {row['slash5_unknown']:.1%} of its "
                   f"{len(s_in)} test photos, {row['outside_unknown']:.1%} of the outside photos; "
-                  f"target 0.98: {row['at_0.98']['coverage']:.0%} filed at accuracy {row['at_0.98']['accuracy'] or 0:.3f}")
+                  f"target 0.98: {row['at_0.98']['coverage']:.0%} filed at accuracy "
+                  f"{row['at_0.98']['accuracy'] or 0:.3f}")
         m_in, m_out = np.concatenate(margins_in), np.concatenate(margins_out)
         y = np.r_[np.zeros(len(m_in)), np.ones(len(m_out))]
         result["pooled"] = {"auroc_margin": roc_auc_score(y, -np.r_[m_in, m_out]),
