@@ -11,27 +11,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
 
-from product_cnn.data.datamodule import ProductDataModule
-from product_cnn.data.folder import scan_tree
 from product_cnn.errors import ProductCNNError, SweepError, one_line, user_error
-from product_cnn.evaluation.cv import sweep_of, write_cv_summary
-from product_cnn.evaluation.sweep import check_optimized_metric, in_multirun, record_job_failure
-from product_cnn.models.summary import format_summary, summarize_network
 from product_cnn.runtime import quiet_lightning, tune_malloc
-from product_cnn.training.calibrate import calibrate_after_fit
-from product_cnn.training.checkpoint import read_checkpoint
-from product_cnn.training.final_test import best_score, test_after_fit
-from product_cnn.training.module import ProductClassifier, check_tta
-from product_cnn.training.probe import fit_probe_head, save_probe
-from product_cnn.training.resume import check_resume_fits, resolve_resume
-from product_cnn.training.trainer import build_trainer, check_accelerator
+
+# The training stack (Lightning, torchmetrics, ...) is imported by the tasks that need it, so
+# that predict.py and serve.py start without it (seconds of a user's wait: docs/performance.md).
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +33,13 @@ def run(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
             return task(cfg)
         except InstantiationException as err:  # our error raised while Hydra built an object
             raise user_error(err) or err from None
-    except SIGTERMException:  # Lightning stopped cleanly; ResumeHint said how to resume
-        raise SystemExit(128 + signal.SIGTERM) from None
+    except SystemExit as err:
+        if _lightning_sigterm(err):  # Lightning stopped cleanly; ResumeHint said how to resume
+            raise SystemExit(128 + signal.SIGTERM) from None
+        raise
     except (ProductCNNError, MissingMandatoryValue) as err:
+        from product_cnn.evaluation.sweep import in_multirun, record_job_failure
+
         message = one_line(err)
         log.error(message)
         if in_multirun() and not isinstance(err, SweepError):
@@ -55,16 +47,39 @@ def run(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
         print(f"error: {message}", file=sys.stderr)
         raise SystemExit(2) from None
     except Exception as err:
+        from product_cnn.evaluation.sweep import in_multirun, record_job_failure
+
         if not in_multirun():
             raise
         log.exception("The job failed")
         return record_job_failure(f"{type(err).__name__}: {one_line(err)}")
 
 
+def _lightning_sigterm(err: SystemExit) -> bool:
+    """True for Lightning's SIGTERMException (a SystemExit), without importing Lightning."""
+    module = sys.modules.get("lightning.pytorch.utilities.exceptions")
+    return module is not None and isinstance(err, module.SIGTERMException)
+
+
 def _format_metrics(metrics: dict[str, float]) -> str:
     return "  ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit the model, then test the best checkpoint; return all final metrics."""
+    import lightning as L
+    from hydra.utils import instantiate
+
+    from product_cnn.data.datamodule import ProductDataModule
+    from product_cnn.data.folder import scan_tree
+    from product_cnn.evaluation.cv import sweep_of, write_cv_summary
+    from product_cnn.evaluation.sweep import check_optimized_metric, in_multirun
+    from product_cnn.models.summary import format_summary, summarize_network
+    from product_cnn.models.tta import check_tta
+    from product_cnn.training.calibrate import calibrate_after_fit
+    from product_cnn.training.final_test import best_score, test_after_fit
+    from product_cnn.training.probe import fit_probe_head, save_probe
+    from product_cnn.training.resume import check_resume_fits, resolve_resume
+    from product_cnn.training.trainer import build_trainer, check_accelerator
+
     tune_malloc()
     check_accelerator(cfg.trainer)
     ckpt_path, resumed = resolve_resume(cfg)
@@ -105,6 +120,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Test a saved checkpoint on its own test split or on another folder; return the metrics."""
+    from product_cnn.data.datamodule import ProductDataModule
+    from product_cnn.models.tta import check_tta
+    from product_cnn.training.checkpoint import read_checkpoint
+    from product_cnn.training.module import ProductClassifier
+    from product_cnn.training.trainer import build_trainer, check_accelerator
+
     tune_malloc()
     check_accelerator(cfg.trainer)
     checkpoint = read_checkpoint(cfg.ckpt_path)
@@ -122,6 +143,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
 def check_data(cfg: DictConfig) -> int:
     """Print what training would see in ``cfg.data``; return the number of unreadable photos."""
+    from hydra.utils import instantiate
+
+    from product_cnn.data.datamodule import ProductDataModule
+
     datamodule: ProductDataModule = instantiate(cfg.data, check=True, skip_bad_images=True, _convert_="all")
     datamodule.prepare_data()
     print(datamodule.check_report(cfg.show_groups))
@@ -136,7 +161,8 @@ def predict(cfg: DictConfig) -> int:
     files = expand_inputs(cfg.inputs)
     predictor = Predictor.from_checkpoint(cfg.ckpt_path, cfg.device, cfg.batch_size, cfg.num_workers,
                                           cfg.get("tta", "none"), cfg.get("min_confidence"),
-                                          cfg.get("target_accuracy"), cfg.get("unknown", True))
+                                          cfg.get("target_accuracy"), cfg.get("unknown", True),
+                                          cfg.get("precision", "32"))
     log.info("Classifying %d file(s) with %s on %s (%s)", len(files), predictor.describe(cfg.ckpt_path),
              predictor.device, predictor.gate.describe())
     predictions = predictor.predict(files, topk=cfg.topk, progress=len(files) > cfg.batch_size)

@@ -52,12 +52,15 @@ def make_tree(root: Path, counts: dict[str, int], layout: str = "flat", suffix: 
 def compose_cfg(config_name: str, overrides: list[str], output_dir: Path, cache_dir: Path) -> DictConfig:
     """Compose ``conf/<config_name>.yaml`` as Hydra would for a run, writing under ``output_dir``.
 
-    ``eval`` runs in fp32 unless the overrides say otherwise, like training in :data:`FAST`: a
-    test that compares eval.py's numbers with training's needs the same arithmetic on both sides
-    (``auto`` would pick bf16 for one of them on a CPU with native bf16).
+    ``eval`` and ``predict`` run in fp32 unless the overrides say otherwise, like training in
+    :data:`FAST`: a test that compares their numbers with training's or with ``Predictor``'s needs
+    the same arithmetic on both sides (``auto`` would pick bf16 for one of them on a CPU with
+    native bf16).
     """
     if config_name == "eval" and not any(o.startswith("trainer.precision=") for o in overrides):
         overrides = ["trainer.precision=32-true", *overrides]
+    if config_name == "predict" and not any(o.startswith("precision=") for o in overrides):
+        overrides = ["precision=32", *overrides]
     return compose_config(config_name, overrides, output_dir, cache_dir)
 
 

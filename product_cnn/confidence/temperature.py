@@ -10,7 +10,6 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from torchmetrics.functional.classification import multiclass_calibration_error
 
 BOUNDS = (0.2, 10.0)  # the temperatures considered (beyond them the fit is degenerate, not informative)
 ECE_BINS = 15
@@ -46,6 +45,8 @@ def fit_temperature(views: torch.Tensor | Sequence[torch.Tensor], labels: torch.
 
 def calibration_error(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = ECE_BINS) -> float:
     """Expected calibration error of the top class (torchmetrics, ``n_bins`` equal-width bins)."""
+    from torchmetrics.functional.classification import multiclass_calibration_error  # seconds to import
+
     probs, labels = torch.as_tensor(probs).float(), torch.as_tensor(labels).long()
     if len(labels) == 0:
         return float("nan")

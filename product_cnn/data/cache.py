@@ -27,7 +27,7 @@ import PIL
 import torch
 
 from product_cnn.atomic import atomic_path, write_text
-from product_cnn.data.images import PREPROCESS_VERSION, ImageSize, image_hw, load_image
+from product_cnn.data.images import PREPROCESS_VERSION, ImageSize, check_decode, image_hw, load_image
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +61,11 @@ class DecodedImageCache:
     """uint8 image tensors for ``paths`` (in that order), decoded once and stored on disk."""
 
     def __init__(self, paths: Sequence[str], image_size: ImageSize, cache_dir: str | Path,
-                 memory_limit: int = 4 << 30, workers: int | None = None) -> None:
+                 memory_limit: int = 4 << 30, workers: int | None = None, decode: str = "reduced") -> None:
         self.paths = list(paths)
         self.shape = (3, *image_hw(image_size))
-        self.key = fingerprint(self.paths, self.shape[1:])
+        self.decode = check_decode(decode)
+        self.key = fingerprint(self.paths, [*self.shape[1:], self.decode])
         self.file = Path(cache_dir).expanduser() / "decoded" / f"{self.key}.u8"
         self.meta_file = self.file.with_suffix(".json")
         self.workers = workers or min(8, os.cpu_count() or 1)
@@ -98,7 +99,7 @@ class DecodedImageCache:
 
     def _decode_into(self, out: np.memmap) -> None:
         def decode(index: int) -> None:
-            out[index] = load_image(self.paths[index], self.shape[1:]).numpy()
+            out[index] = load_image(self.paths[index], self.shape[1:], decode=self.decode).numpy()
 
         with ThreadPoolExecutor(self.workers) as pool:  # Pillow decodes without holding the GIL
             for _ in pool.map(decode, range(len(self.paths))):
@@ -117,6 +118,6 @@ class DecodedImageCache:
             checksum = _checksum(tmp)
         write_text(self.meta_file, json.dumps({
             "checksum": checksum, "count": len(self.paths), "shape": list(self.shape),
-            "preprocess_version": PREPROCESS_VERSION, "pillow": PIL.__version__,
+            "preprocess_version": PREPROCESS_VERSION, "pillow": PIL.__version__, "decode": self.decode,
         }) + "\n")
         return self._load()

@@ -22,7 +22,7 @@ from product_cnn.data.demo import default_demo_root, ensure_demo_dataset
 from product_cnn.data.extra import Extra, read_extra
 from product_cnn.data.folder import SPLITS, FolderTree, Sample, scan_tree
 from product_cnn.data.folds import check_fold, kfold_split
-from product_cnn.data.images import to_unit_float
+from product_cnn.data.images import DECODE_METHODS, checkpoint_decode, to_unit_float
 from product_cnn.data.relabel import Relabel, apply_relabel, read_relabel
 from product_cnn.data.samplers import EpochShuffleSampler, EpochWeightedSampler
 from product_cnn.data.split import stratified_split
@@ -68,6 +68,7 @@ class ProductDataModule(L.LightningDataModule):
         demo_images_per_class: int = 100,
         demo_seed: int = 0,
         cache: bool = True,
+        decode: str = "reduced",
         cache_dir: str | None = None,
         cache_memory_mb: int = 4096,
         check: bool = True,
@@ -99,6 +100,8 @@ class ProductDataModule(L.LightningDataModule):
                 raise DataError("data.folds and data.test_all exclude each other: a fold is the test split")
         relabel = str(Path(relabel).expanduser().resolve()) if relabel else None
         extra = str(Path(extra).expanduser().resolve()) if extra else None
+        if decode not in DECODE_METHODS:
+            raise DataError(f"data.decode={decode!r} is not one of {', '.join(DECODE_METHODS)}")
         # built now so that an unknown name or value is refused before any data is read
         self.augment = build_augment(augment, image_size)
         build_mix(mixup_alpha, cutmix_alpha, num_classes=2)
@@ -126,6 +129,8 @@ class ProductDataModule(L.LightningDataModule):
             raise CheckpointError("the checkpoint does not record its data set: "
                                   "pass data.root=/path/to/photos")
         params = dict(saved or {})
+        if saved:
+            params.setdefault("decode", checkpoint_decode(checkpoint))
         model_size = checkpoint.get("hyper_parameters", {}).get("image_size")
         if model_size is not None:  # photos are resized to what the network takes
             params["image_size"] = model_size
@@ -194,7 +199,7 @@ class ProductDataModule(L.LightningDataModule):
         if hp.cache:
             paths = sorted({path for samples in splits.values() for path, _ in samples})
             self.cache = DecodedImageCache(paths, hp.image_size, self.cache_dir,
-                                           memory_limit=hp.cache_memory_mb * 2**20)
+                                           memory_limit=hp.cache_memory_mb * 2**20, decode=hp.decode)
         if tree.ignored:
             log.warning("Ignored %d non-image file(s) in %s, e.g. %s",
                         len(tree.ignored), hp.root, tree.ignored[0])
@@ -312,7 +317,7 @@ class ProductDataModule(L.LightningDataModule):
         if split not in self.split_samples:
             raise DataError(f"no {split} split in {self.hparams.root}")
         return ImageListDataset(self.split_samples[split], self.hparams.image_size, self.cache,
-                                with_index=split == "test")
+                                with_index=split == "test", decode=self.hparams.decode)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         dataset = self.dataset(split)

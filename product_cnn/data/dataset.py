@@ -19,9 +19,11 @@ class ImageListDataset(Dataset):
     """
 
     def __init__(self, samples: list[Sample], image_size: ImageSize = 256,
-                 cache: DecodedImageCache | None = None, with_index: bool = False) -> None:
+                 cache: DecodedImageCache | None = None, with_index: bool = False,
+                 decode: str = "reduced") -> None:
         self.samples = samples
         self.image_size = image_size
+        self.decode = decode
         self.cache = cache
         self.with_index = with_index
         if cache is not None:
@@ -36,5 +38,5 @@ class ImageListDataset(Dataset):
         if self.cache is not None:
             image = self.cache[self.cache_index[index]]
         else:
-            image = load_image(path, self.image_size)
+            image = load_image(path, self.image_size, decode=self.decode)
         return (image, label, index) if self.with_index else (image, label)

@@ -42,16 +42,21 @@ class ProbabilityAverage(nn.Module):
 
 
 def check_members(names: Sequence[str], class_lists: Sequence[Sequence[str]],
-                  image_sizes: Sequence[object]) -> None:
+                  image_sizes: Sequence[object], decodes: Sequence[str] | None = None) -> None:
     """Raise :class:`CheckpointError` in one line unless every member has the first one's
-    class list (same order) and image size."""
-    for name, classes, size in zip(names[1:], class_lists[1:], image_sizes[1:], strict=True):
+    class list (same order), image size and decoding (``data.decode``)."""
+    decodes = list(decodes) if decodes is not None else ["reduced"] * len(names)
+    for name, classes, size, decode in zip(names[1:], class_lists[1:], image_sizes[1:], decodes[1:],
+                                           strict=True):
         if list(classes) != list(class_lists[0]):
             raise CheckpointError(f"{name} was trained on classes {list(classes)}, {names[0]} on "
                                   f"{list(class_lists[0])}: an ensemble needs one class list")
         if image_hw(size) != image_hw(image_sizes[0]):
             raise CheckpointError(f"{name} takes {size} px images, {names[0]} {image_sizes[0]} px: "
                                   "an ensemble needs one image size")
+        if decode != decodes[0]:
+            raise CheckpointError(f"{name} was trained on photos decoded {decode!r}, {names[0]} "
+                                  f"{decodes[0]!r}: an ensemble needs one data.decode")
 
 
 def expand_checkpoints(paths: str | Path | Sequence[str | Path]) -> list[str]:

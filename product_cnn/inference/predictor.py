@@ -35,22 +35,36 @@ from product_cnn.data.folder import find_images
 from product_cnn.data.images import (
     IMG_EXTENSIONS,
     ImageSize,
+    check_decode,
     image_hw,
     is_image_file,
     load_image,
     pil_to_tensor,
     to_unit_float,
 )
-from product_cnn.errors import DataError, ImageLoadError
+from product_cnn.errors import DataError, ImageLoadError, ProductCNNError
 from product_cnn.inference.bn_fold import fold_batchnorm
 from product_cnn.inference.calibrated import TemperatureScaled
 from product_cnn.inference.ensemble import ProbabilityAverage, check_members, expand_checkpoints
+from product_cnn.inference.loading import load_network
 from product_cnn.models.penultimate import Penultimate
-from product_cnn.training.checkpoint import read_checkpoint
+from product_cnn.models.tta import check_tta
+from product_cnn.training.precision import resolve_precision
 
 log = logging.getLogger(__name__)
 
 ImageInput = str | Path | Image.Image
+PRECISIONS = ("auto", "32", "bf16")
+
+
+def resolve_inference_precision(requested: str, device: str) -> tuple[str, str | None]:
+    """(``"32"`` or ``"bf16"``, why) for ``precision=auto|32|bf16``; ``auto`` is bf16 where the
+    device computes it natively, as training's ``trainer.precision=auto`` decides."""
+    requested = str(requested)
+    if requested not in PRECISIONS:
+        raise ProductCNNError(f"precision={requested!r} is not one of {', '.join(PRECISIONS)}")
+    resolved, reason = resolve_precision(requested, device)
+    return ("bf16" if resolved.startswith("bf16") else "32"), reason
 
 
 @dataclass
@@ -77,9 +91,10 @@ class Prediction:
 class _InputDataset(Dataset):
     """Decodes each input; an unreadable one yields a blank image and its error message."""
 
-    def __init__(self, inputs: Sequence[ImageInput], image_size: ImageSize) -> None:
+    def __init__(self, inputs: Sequence[ImageInput], image_size: ImageSize, decode: str) -> None:
         self.inputs = inputs
         self.image_size = image_size
+        self.decode = decode
         self.blank = torch.zeros(3, *image_hw(image_size), dtype=torch.uint8)
 
     def __len__(self) -> int:
@@ -90,7 +105,7 @@ class _InputDataset(Dataset):
         try:
             if isinstance(item, Image.Image):
                 return pil_to_tensor(item, self.image_size), ""
-            return load_image(item, self.image_size), ""
+            return load_image(item, self.image_size, decode=self.decode), ""
         except ImageLoadError as err:
             return self.blank, err.reason or str(err)
         except (OSError, ValueError) as err:  # a PIL image that fails to convert
@@ -138,10 +153,15 @@ class Predictor:
 
     def __init__(self, net: nn.Module, class_names: Sequence[str], image_size: ImageSize = 256,
                  device: str = "auto", batch_size: int = 32, num_workers: int = 0, tta: str = "none",
-                 cards: Sequence[ConfidenceCard | None] = (), gate: Gate | None = None) -> None:
+                 cards: Sequence[ConfidenceCard | None] = (), gate: Gate | None = None,
+                 decode: str = "reduced", precision: str = "32") -> None:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
+        self.decode = check_decode(decode)
+        self.precision, reason = resolve_inference_precision(precision, self.device.type)
+        if reason:
+            log.info("Inference precision %s: %s", self.precision, reason)
         self.net = net.to(self.device).eval()
         self.class_names = list(class_names)
         self.image_size = image_size
@@ -160,7 +180,7 @@ class Predictor:
     def from_checkpoint(cls, path: str | Path | Sequence[str | Path], device: str = "auto",
                         batch_size: int = 32, num_workers: int = 0, tta: str = "none",
                         min_confidence: float | None = None, target_accuracy: float | None = None,
-                        unknown: bool = True) -> Predictor:
+                        unknown: bool = True, precision: str = "32") -> Predictor:
         """Load a training checkpoint safely (no pickled code runs).
 
         Several paths (or a glob pattern) make an ensemble: the mean of their probabilities
@@ -168,20 +188,17 @@ class Predictor:
         ``min_confidence`` / ``target_accuracy`` / ``unknown`` set the gate
         (:func:`product_cnn.confidence.gate.build_gate`).
         """
-        from product_cnn.training.module import ProductClassifier, check_tta  # Lightning only needed here
-
         check_tta(tta)
         paths = expand_checkpoints(path)
-        models = [ProductClassifier.from_checkpoint_dict(read_checkpoint(p), name=f"checkpoint {p}")
-                  for p in paths]
+        models = [load_network(p) for p in paths]
         check_members([f"checkpoint {p}" for p in paths], [m.class_names for m in models],
-                      [m.hparams.image_size for m in models])
-        cards = [m.confidence for m in models]
+                      [m.image_size for m in models], [m.decode for m in models])
+        cards = [m.card for m in models]
         gate = build_gate(cards, min_confidence, target_accuracy, unknown)
         nets = [TemperatureScaled(fold_batchnorm(m.net), m.temperature) for m in models]
         net = nets[0] if len(nets) == 1 else ProbabilityAverage(nets)
-        return cls(net, models[0].class_names, models[0].hparams.image_size, device, batch_size,
-                   num_workers, tta, cards, gate)
+        return cls(net, models[0].class_names, models[0].image_size, device, batch_size,
+                   num_workers, tta, cards, gate, models[0].decode, precision)
 
     @torch.no_grad()
     def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
@@ -197,10 +214,11 @@ class Predictor:
         for hook, _ in self._banks:
             hook.__enter__()
         try:
-            probs = torch.softmax(self.net(images).float(), dim=1)
-            if self.tta == "flip":
-                probs = (probs + torch.softmax(self.net(images.flip(-1)).float(), dim=1)) / 2
-            sims = [similarity(hook.take(), bank) for hook, bank in self._banks]
+            with torch.autocast(self.device.type, torch.bfloat16, enabled=self.precision == "bf16"):
+                probs = torch.softmax(self.net(images).float(), dim=1)
+                if self.tta == "flip":
+                    probs = (probs + torch.softmax(self.net(images.flip(-1)).float(), dim=1)) / 2
+            sims = [similarity(hook.take().float(), bank) for hook, bank in self._banks]
         finally:
             for hook, _ in self._banks:
                 hook.__exit__()
@@ -209,7 +227,7 @@ class Predictor:
     def iter_predict(self, images: Sequence[ImageInput], topk: int = 3) -> Iterator[Prediction]:
         """Yield one :class:`Prediction` per input, in order, batch by batch."""
         topk = max(1, min(topk, len(self.class_names)))
-        loader = DataLoader(_InputDataset(images, self.image_size), batch_size=self.batch_size,
+        loader = DataLoader(_InputDataset(images, self.image_size, self.decode), batch_size=self.batch_size,
                             num_workers=self.num_workers, pin_memory=self.device.type == "cuda")
         index = 0
         for batch, errors in loader:

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torchvision.models import get_model, get_model_weights
 
 from product_cnn.data.images import ImageSize, image_hw
 from product_cnn.errors import CheckpointError, ProductCNNError
@@ -76,6 +75,8 @@ class TorchvisionNet(nn.Module):
         super().__init__()
         self.arch = arch
         self.normalize = Normalize()
+        from torchvision.models import get_model  # here, not at the top: seconds of start-up
+
         self.backbone = get_model(arch, weights=None)
         head_name = _last_linear(self.backbone)
         if weights_path:
@@ -90,7 +91,7 @@ class TorchvisionNet(nn.Module):
     def _load_backbone(self, state: dict[str, torch.Tensor], head_name: str, what: str) -> None:
         expected = {k: v for k, v in self.backbone.state_dict().items() if not k.startswith(head_name + ".")}
         given = {k: v for k, v in state.items() if not k.startswith(head_name + ".")}
-        _check_fits(expected, given, what, f"torchvision's {self.arch}")
+        check_fits(expected, given, what, f"torchvision's {self.arch}")
         self.backbone.load_state_dict(given, strict=False)
         log.info("Loaded %s into the %s backbone; new %s head", what, self.arch, "linear")
 
@@ -133,7 +134,7 @@ class TimmNet(nn.Module):
             state = lite_to_timm(state, self.backbone, what)
         head = self.backbone.default_cfg.get("classifier", "classifier")
         given = {k: v for k, v in state.items() if not k.startswith(head + ".")}
-        _check_fits(self.backbone.state_dict(), given, what, f"timm's {self.arch}")
+        check_fits(self.backbone.state_dict(), given, what, f"timm's {self.arch}")
         self.backbone.load_state_dict(given)
         log.info("Loaded %s into the %s backbone; new linear head", what, self.arch)
 
@@ -145,7 +146,7 @@ class TimmNet(nn.Module):
         return self.backbone(self.normalize(x))
 
 
-def _check_fits(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor], what: str,
+def check_fits(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor], what: str,
                 net: str) -> None:
     """Every tensor of the network present in ``given`` with its shape, nothing else; else one line."""
     missing = [k for k in expected if k not in given]
@@ -161,6 +162,8 @@ def _check_fits(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor
 
 def _download(arch: str) -> dict[str, torch.Tensor]:
     """torchvision's default weights for ``arch``, from the torch cache or downloaded into it."""
+    from torchvision.models import get_model_weights
+
     weights = get_model_weights(arch).DEFAULT
     target = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
     try:

@@ -23,18 +23,11 @@ from product_cnn.confidence.temperature import calibrated_probs
 from product_cnn.data.images import ImageSize, image_hw
 from product_cnn.errors import CheckpointError, ProductCNNError
 from product_cnn.models.networks import MIRROR, build_network
+from product_cnn.models.tta import TTA, check_tta  # noqa: F401  (TTA: part of this module's interface)
 from product_cnn.training.run_record import RunRecord
 from product_cnn.training.schedules import SCHEDULES, build_schedule
 
 STAGES = ("train", "val", "test")
-TTA = ("none", "flip")  # test-time augmentation: none, or the mean with the mirror image
-
-
-def check_tta(tta: str) -> str:
-    """``tta`` if it is one of :data:`TTA`, else a one-line error."""
-    if tta not in TTA:
-        raise ProductCNNError(f"tta={tta!r} is not one of {', '.join(TTA)}")
-    return tta
 KERAS_ADAM = {"_target_": "torch.optim.Adam", "lr": 1e-3, "betas": [0.9, 0.999], "eps": 1e-7}
 
 

@@ -41,10 +41,11 @@ log = logging.getLogger(__name__)
 FEATURES_VERSION = 1  # bump when the way features are computed changes
 
 
-def network_key(net: nn.Module, image_size: Any) -> str:
-    """A short hash of the network's architecture, every backbone tensor and the input size."""
+def network_key(net: nn.Module, image_size: Any, decode: str = "reduced") -> str:
+    """A short hash of the network's architecture, every backbone tensor, the input size and
+    how photos are decoded."""
     digest = hashlib.sha256(f"{FEATURES_VERSION}\0{getattr(net, 'arch', type(net).__name__)}\0"
-                            f"{image_size}".encode())
+                            f"{image_size}\0{decode}".encode())
     for name, tensor in net.backbone.state_dict().items():
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
@@ -168,7 +169,8 @@ def fit_probe_head(options: Any, model: L.LightningModule, datamodule: ProductDa
         log.warning("The probe's backbone has random weights: model.pretrained=true gives ImageNet features")
     options = dict(options)
     start = time.perf_counter()
-    cache = FeatureCache(datamodule.cache_dir, network_key(net, model.hparams.image_size))
+    cache = FeatureCache(datamodule.cache_dir, network_key(net, model.hparams.image_size,
+                                                        datamodule.hparams.decode))
     train = datamodule.dataset("train")
     hp = datamodule.hparams
     features = backbone_features(net, train, cache, hp.batch_size, hp.num_workers)
