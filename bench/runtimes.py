@@ -8,7 +8,8 @@ softmax and temperature inside), then times whole processes, start-up included, 
 every photo of the folder, each writing a CSV of the top category:
 
 - ``predict.py ckpt_path=<ckpt> inputs=<photos>`` plus ``--predict`` overrides (each a separate
-  row when ``--predict`` is given more than once);
+  row when ``--predict`` is given more than once; ``ckpt_path={onnx}`` or ``ckpt_path={openvino}``
+  runs predict.py on the checkpoint's ONNX or OpenVINO export instead);
 - a plain ONNX Runtime script and a plain OpenVINO script (``pip install -e ".[bench]"``) on the
   exported model, with plain Pillow decoding (open, EXIF orientation, RGB, full decode, bilinear
   resize to the network's input), one batch size per row.
@@ -112,14 +113,18 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="bench-runtimes-"))
     model = export(args.ckpt, "onnx", work / "model.onnx")
+    exports = {"{onnx}": str(model), "{openvino}": str(export(args.ckpt, "openvino", work / "model.xml"))}
     (work / "photos.txt").write_text("\n".join(images))
     print(f"{'what':<60} {'img/s (whole process)':>24} {'top-1 differs':>13}", flush=True)
     reference: dict[str, str] | None = None
     for n, overrides in enumerate(args.predict or [""]):
         out = work / f"predict{n}.csv"
-        command = [sys.executable, "predict.py", f"ckpt_path={args.ckpt.resolve()}",
-                   f"inputs={args.photos.resolve()}", f"output={out}", f"hydra.run.dir={work}/run{n}",
-                   *shlex.split(overrides)]
+        extra = shlex.split(overrides)
+        for key, path in exports.items():
+            extra = [o.replace(key, path) for o in extra]
+        ckpt = [] if any(o.startswith("ckpt_path=") for o in extra) else [f"ckpt_path={args.ckpt.resolve()}"]
+        command = [sys.executable, "predict.py", *ckpt, f"inputs={args.photos.resolve()}", f"output={out}",
+                   f"hydra.run.dir={work}/run{n}", *extra]
         times = timed_process(command, args.repeats)
         answers = top1(out)
         reference = reference or answers

@@ -62,10 +62,17 @@ def tune_malloc() -> bool:
 
 
 def quiet_lightning() -> None:
-    """Drop messages that tell a user nothing about their run; under DDP, rank 0 alone tells the story."""
-    from lightning.pytorch.utilities import rank_zero_only
+    """Drop messages that tell a user nothing about their run; under DDP, rank 0 alone tells the story.
 
-    if rank_zero_only.rank > 0:
+    The rank is read as Lightning's ``rank_zero_only`` reads it (its environment variables), without
+    importing Lightning: predict.py and serve.py do not need its seconds of start-up."""
+    lightning = sys.modules.get("lightning.pytorch.utilities")
+    if lightning is not None:
+        rank = lightning.rank_zero_only.rank
+    else:
+        found = (os.environ.get(k) for k in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"))
+        rank = int(next((r for r in found if r is not None), 0))
+    if rank > 0:
         logging.getLogger("product_cnn").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     # eval.py restores weights only; the training callbacks it names are not needed for that

@@ -154,15 +154,25 @@ def check_data(cfg: DictConfig) -> int:
 
 
 def predict(cfg: DictConfig) -> int:
-    """Classify ``cfg.inputs`` with ``cfg.ckpt_path``, write CSV or JSON, return the failure count."""
-    from product_cnn.inference.predictor import Predictor, expand_inputs, save_predictions
+    """Classify ``cfg.inputs`` with ``cfg.ckpt_path`` (checkpoints, or one exported ``.onnx`` /
+    OpenVINO ``.xml`` model, run without PyTorch), write CSV or JSON, return the failure count."""
+    from product_cnn.data.folder import expand_inputs
+    from product_cnn.inference.exported import ExportedPredictor, is_exported
+    from product_cnn.inference.results import save_predictions
 
     tune_malloc()
     files = expand_inputs(cfg.inputs)
-    predictor = Predictor.from_checkpoint(cfg.ckpt_path, cfg.device, cfg.batch_size, cfg.num_workers,
-                                          cfg.get("tta", "none"), cfg.get("min_confidence"),
-                                          cfg.get("target_accuracy"), cfg.get("unknown", True),
-                                          cfg.get("precision", "32"))
+    if is_exported(cfg.ckpt_path):
+        predictor = ExportedPredictor(cfg.ckpt_path, cfg.batch_size, cfg.get("tta", "none"),
+                                      cfg.get("min_confidence"), cfg.get("target_accuracy"),
+                                      cfg.get("precision", "auto"))
+    else:
+        from product_cnn.inference.predictor import Predictor
+
+        predictor = Predictor.from_checkpoint(cfg.ckpt_path, cfg.device, cfg.batch_size, cfg.num_workers,
+                                              cfg.get("tta", "none"), cfg.get("min_confidence"),
+                                              cfg.get("target_accuracy"), cfg.get("unknown", True),
+                                              cfg.get("precision", "32"))
     log.info("Classifying %d file(s) with %s on %s (%s)", len(files), predictor.describe(cfg.ckpt_path),
              predictor.device, predictor.gate.describe())
     predictions = predictor.predict(files, topk=cfg.topk, progress=len(files) > cfg.batch_size)

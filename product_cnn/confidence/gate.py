@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from product_cnn.confidence.card import ConfidenceCard
 from product_cnn.errors import ProductCNNError
+
+if TYPE_CHECKING:  # only its methods are called: a gate without a card needs no torch
+    from product_cnn.confidence.card import ConfidenceCard
 
 UNSURE, UNKNOWN = "unsure", "unknown"
 

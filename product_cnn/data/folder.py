@@ -6,13 +6,17 @@
 
 from __future__ import annotations
 
+import glob
+import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from product_cnn.data.images import IMG_EXTENSIONS, is_image_file
 from product_cnn.errors import DataError
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 _SPLIT_ALIASES = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
@@ -158,3 +162,39 @@ def _check_two_classes(class_names: list[str], where: Path) -> None:
             f"found only one class folder ({class_names[0]}) in {where}: a classifier needs "
             "at least two categories, each in its own folder"
         )
+
+
+def expand_inputs(inputs: str | Path | Iterable[str | Path]) -> list[str]:
+    """Files, folders and glob patterns -> the list of files to classify, in order.
+
+    Folders (searched recursively) and patterns give their image files, as the training scan
+    finds them; other files there are skipped with a note in the log. A file named explicitly
+    is always kept: one that is not an image gets its error in the results. Raises
+    :class:`DataError` for a path or pattern that matches nothing.
+    """
+    items = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+    files: list[str] = []
+    skipped: list[str] = []
+    for item in items:
+        text = os.path.expanduser(str(item))
+        if os.path.isdir(text):
+            images, other = find_images(text)
+            files += images
+            skipped += other
+        elif os.path.isfile(text):
+            files.append(text)
+        elif glob.has_magic(text):
+            matches = sorted(p for p in glob.glob(text, recursive=True) if os.path.isfile(p))
+            if not matches:
+                raise DataError(f"no files match {text}")
+            files += [p for p in matches if is_image_file(p)]
+            skipped += [p for p in matches if not is_image_file(p)]
+        else:
+            raise DataError(f"input {text} does not exist")
+    if skipped:
+        log.info("Skipped %d file(s) that are not images (by their extension), e.g. %s",
+                 len(skipped), skipped[0])
+    if not files:
+        raise DataError(f"no image files in {', '.join(map(str, items))} "
+                        f"(looked for {', '.join(IMG_EXTENSIONS)})")
+    return list(dict.fromkeys(files))  # keep order, drop repeats

@@ -16,12 +16,15 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps
 
 from product_cnn.errors import ImageLoadError
+
+if TYPE_CHECKING:  # torch is imported where a tensor is made: exported models predict without it
+    import torch
 
 # Bump when load_image's output changes for the same file: it invalidates decoded-image caches.
 PREPROCESS_VERSION = 1
@@ -64,12 +67,18 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def pil_to_tensor(image: Image.Image, size: ImageSize) -> torch.Tensor:
-    """RGB-convert and resize a PIL image to a ``(3, H, W)`` uint8 tensor."""
+def pil_to_array(image: Image.Image, size: ImageSize) -> np.ndarray:
+    """RGB-convert and resize a PIL image to a ``(3, H, W)`` uint8 array."""
     height, width = image_hw(size)
     image = to_rgb(image).resize((width, height), Image.Resampling.BILINEAR)
-    array = np.asarray(image, dtype=np.uint8)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+    return np.ascontiguousarray(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1))
+
+
+def pil_to_tensor(image: Image.Image, size: ImageSize) -> torch.Tensor:
+    """RGB-convert and resize a PIL image to a ``(3, H, W)`` uint8 tensor."""
+    import torch
+
+    return torch.from_numpy(pil_to_array(image, size))
 
 
 def check_decode(decode: str) -> str:
@@ -122,17 +131,27 @@ def open_image(source: str | Path | bytes, name: str | None = None,
         raise ImageLoadError(str(path), f"corrupt or truncated ({err})") from None
 
 
-def load_image(source: str | Path | bytes, size: ImageSize = 256, name: str | None = None,
-               decode: str = "reduced") -> torch.Tensor:
-    """Decode a file (or its bytes) into a ``(3, H, W)`` uint8 tensor, or raise :class:`ImageLoadError`.
+def load_array(source: str | Path | bytes, size: ImageSize = 256, name: str | None = None,
+               decode: str = "reduced") -> np.ndarray:
+    """Decode a file (or its bytes) into a ``(3, H, W)`` uint8 array, or raise :class:`ImageLoadError`.
 
     ``decode``: ``"reduced"`` (JPEGs decoded at reduced scale, then resized) or ``"full"``."""
     with open_image(source, name, size if check_decode(decode) == "reduced" else None) as image:
-        return pil_to_tensor(image, size)
+        return pil_to_array(image, size)
+
+
+def load_image(source: str | Path | bytes, size: ImageSize = 256, name: str | None = None,
+               decode: str = "reduced") -> torch.Tensor:
+    """:func:`load_array` as a ``(3, H, W)`` uint8 tensor."""
+    import torch
+
+    return torch.from_numpy(load_array(source, size, name, decode))
 
 
 def to_unit_float(batch: torch.Tensor) -> torch.Tensor:
     """Scale a uint8 image batch to float32 in [0, 1]; float input passes through."""
+    import torch
+
     if batch.dtype == torch.uint8:
         return batch.to(torch.float32).div_(255.0)
     return batch

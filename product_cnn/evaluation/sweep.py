@@ -20,7 +20,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from product_cnn.atomic import write_text
 from product_cnn.errors import SweepError
-from product_cnn.evaluation.cv import ERROR_FILE, write_cv_summary
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +28,8 @@ class SweepReport(Callback):
     """Hydra callback (conf/hydra/default.yaml) run once a multirun has finished."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from product_cnn.evaluation.cv import ERROR_FILE, write_cv_summary  # torch, matplotlib: seconds
+
         sweep_dir = Path(str(config.hydra.sweep.dir))
         if not sweep_dir.is_dir():
             return
@@ -52,6 +53,8 @@ def in_multirun() -> bool:
 
 def record_job_failure(message: str) -> None:
     """Leave a failed job's one-line error in its folder, for :class:`SweepReport` to name."""
+    from product_cnn.evaluation.cv import ERROR_FILE
+
     write_text(Path(HydraConfig.get().runtime.output_dir, ERROR_FILE), message + "\n")
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 import warnings
 from pathlib import Path
 
@@ -18,7 +20,7 @@ import torch
 from torch import nn
 
 from product_cnn.atomic import atomic_path, write_text
-from product_cnn.data.images import image_hw
+from product_cnn.data.images import checkpoint_decode, image_hw
 from product_cnn.errors import ProductCNNError
 from product_cnn.inference.bn_fold import fold_batchnorm
 from product_cnn.inference.calibrated import TemperatureScaled
@@ -26,7 +28,7 @@ from product_cnn.training.checkpoint import read_checkpoint
 
 log = logging.getLogger(__name__)
 
-FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
+FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "openvino": ".xml"}  # openvino: + .bin
 
 
 class ProbabilityModel(nn.Module):
@@ -54,8 +56,10 @@ def load_for_export(ckpt_path: str | Path) -> tuple[ProbabilityModel, dict]:
         "input": {"name": "images", "shape": ["N", 3, height, width], "dtype": "float32",
                   "layout": "NCHW", "channels": "RGB", "range": [0.0, 1.0]},
         "output": {"name": "probabilities", "shape": ["N", len(module.class_names)]},
+        "decode": checkpoint_decode(checkpoint),
         "preprocessing": [
-            "decode the image; apply its EXIF orientation",
+            "decode the image (a JPEG at 1/2, 1/4 or 1/8 scale, the smallest still at least the input "
+            "size, when decode is 'reduced': Pillow's Image.draft); apply its EXIF orientation",
             "convert to RGB (transparent pixels onto white)",
             f"resize to {width}x{height} (width x height), bilinear, ignoring aspect ratio",
             "scale pixel values to [0, 1] (divide by 255)",
@@ -83,6 +87,8 @@ def export(ckpt_path: str | Path, fmt: str, output: str | Path | None = None) ->
     with atomic_path(output) as tmp:
         if fmt == "onnx":
             _export_onnx(model, example, tmp)
+        elif fmt == "openvino":
+            _export_openvino(model, example, tmp, output)
         else:
             with warnings.catch_warnings():  # TorchScript is deprecated upstream, still widely used
                 warnings.simplefilter("ignore", DeprecationWarning)
@@ -97,6 +103,27 @@ def export(ckpt_path: str | Path, fmt: str, output: str | Path | None = None) ->
 def sidecar_path(model_path: str | Path) -> Path:
     """``model.onnx`` -> ``model.onnx.json``: class names and preprocessing."""
     return Path(f"{model_path}.json")
+
+
+def _export_openvino(model: nn.Module, example: torch.Tensor, tmp: Path, output: Path) -> None:
+    """OpenVINO IR straight from the network (its own converter): ``tmp`` (.xml) plus the weights,
+    moved next to ``output`` as ``<output stem>.bin`` before the .xml lands (the .xml names it)."""
+    try:
+        import openvino as ov
+    except ImportError:
+        raise ProductCNNError('OpenVINO export needs the export extra: pip install -e ".[export]"') from None
+    shape = [-1, *example.shape[1:]]  # any batch size
+    converted = ov.convert_model(model, example_input=(example,), input=[("images", shape)])
+    converted.outputs[0].get_tensor().set_names({"probabilities"})
+    # the IR names its weights file after itself: write both under the final stem in a scratch folder
+    scratch = tmp.parent / f".{output.name}.ir"
+    scratch.mkdir(exist_ok=True)
+    try:
+        ov.save_model(converted, str(scratch / output.name), compress_to_fp16=False)
+        os.replace(scratch / output.with_suffix(".bin").name, output.with_suffix(".bin"))
+        os.replace(scratch / output.name, tmp)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:

@@ -10,43 +10,33 @@ one unlike every training photo ``unknown``, its top-k kept.
 
 from __future__ import annotations
 
-import csv
-import glob
-import io
-import json
 import logging
-import os
-import shutil
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
 from PIL import Image
-from rich.progress import Progress
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from product_cnn.atomic import write_text
 from product_cnn.confidence.card import ConfidenceCard
 from product_cnn.confidence.gate import Gate, build_gate
 from product_cnn.confidence.novelty import similarity
-from product_cnn.data.folder import find_images
+from product_cnn.data.folder import expand_inputs  # noqa: F401  (predict's input list; here for callers)
 from product_cnn.data.images import (
-    IMG_EXTENSIONS,
     ImageSize,
     check_decode,
     image_hw,
-    is_image_file,
     load_image,
     pil_to_tensor,
     to_unit_float,
 )
-from product_cnn.errors import DataError, ImageLoadError, ProductCNNError
+from product_cnn.errors import ImageLoadError, ProductCNNError
 from product_cnn.inference.bn_fold import fold_batchnorm
 from product_cnn.inference.calibrated import TemperatureScaled
 from product_cnn.inference.ensemble import ProbabilityAverage, check_members, expand_checkpoints
 from product_cnn.inference.loading import load_network
+from product_cnn.inference.results import Prediction, collect
 from product_cnn.models.penultimate import Penultimate
 from product_cnn.models.tta import check_tta
 from product_cnn.training.precision import resolve_precision
@@ -65,27 +55,6 @@ def resolve_inference_precision(requested: str, device: str) -> tuple[str, str |
         raise ProductCNNError(f"precision={requested!r} is not one of {', '.join(PRECISIONS)}")
     resolved, reason = resolve_precision(requested, device)
     return ("bf16" if resolved.startswith("bf16") else "32"), reason
-
-
-@dataclass
-class Prediction:
-    """One input's result: the top category and its probability, the top-k, or an error.
-
-    ``category`` is ``unsure`` or ``unknown`` when the gate held the photo back (``verdict``);
-    ``similarity`` is its "none of these" score when the checkpoint carries one.
-    """
-
-    source: str
-    category: str | None = None
-    confidence: float | None = None
-    topk: list[tuple[str, float]] = field(default_factory=list)
-    error: str | None = None
-    verdict: str | None = None  # unsure | unknown | None (filed)
-    similarity: float | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
 
 
 class _InputDataset(Dataset):
@@ -110,42 +79,6 @@ class _InputDataset(Dataset):
             return self.blank, err.reason or str(err)
         except (OSError, ValueError) as err:  # a PIL image that fails to convert
             return self.blank, f"cannot convert image: {err}"
-
-
-def expand_inputs(inputs: str | Path | Iterable[str | Path]) -> list[str]:
-    """Files, folders and glob patterns -> the list of files to classify, in order.
-
-    Folders (searched recursively) and patterns give their image files, as the training scan
-    finds them; other files there are skipped with a note in the log. A file named explicitly
-    is always kept: one that is not an image gets its error in the results. Raises
-    :class:`DataError` for a path or pattern that matches nothing.
-    """
-    items = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
-    files: list[str] = []
-    skipped: list[str] = []
-    for item in items:
-        text = os.path.expanduser(str(item))
-        if os.path.isdir(text):
-            images, other = find_images(text)
-            files += images
-            skipped += other
-        elif os.path.isfile(text):
-            files.append(text)
-        elif glob.has_magic(text):
-            matches = sorted(p for p in glob.glob(text, recursive=True) if os.path.isfile(p))
-            if not matches:
-                raise DataError(f"no files match {text}")
-            files += [p for p in matches if is_image_file(p)]
-            skipped += [p for p in matches if not is_image_file(p)]
-        else:
-            raise DataError(f"input {text} does not exist")
-    if skipped:
-        log.info("Skipped %d file(s) that are not images (by their extension), e.g. %s",
-                 len(skipped), skipped[0])
-    if not files:
-        raise DataError(f"no image files in {', '.join(map(str, items))} "
-                        f"(looked for {', '.join(IMG_EXTENSIONS)})")
-    return list(dict.fromkeys(files))  # keep order, drop repeats
 
 
 class Predictor:
@@ -259,98 +192,4 @@ class Predictor:
         if isinstance(images, (str, Path, Image.Image)):
             images = [images]
         images = list(images)
-        if not progress:
-            return list(self.iter_predict(images, topk))
-        results = []
-        with Progress(transient=True) as bar:
-            task = bar.add_task("Classifying", total=len(images))
-            for prediction in self.iter_predict(images, topk):
-                results.append(prediction)
-                bar.advance(task)
-        return results
-
-
-def predictions_table(predictions: Sequence[Prediction], topk: int) -> tuple[list[str], list[list]]:
-    """CSV header and rows: path, category (``unsure``/``unknown`` when held back), confidence,
-    top-k categories and probabilities, the similarity (when scored), error."""
-    header = ["path", "category", "confidence"]
-    for k in range(1, topk + 1):
-        header += [f"top{k}_category", f"top{k}_prob"]
-    scored = any(p.similarity is not None for p in predictions)
-    header += ["similarity", "error"] if scored else ["error"]
-    rows = []
-    for p in predictions:
-        ranked = [cell for name, prob in p.topk for cell in (name, f"{prob:.6f}")]
-        ranked += [""] * (2 * topk - len(ranked))
-        confidence = f"{p.confidence:.6f}" if p.confidence is not None else ""
-        similarity = ([f"{p.similarity:.6f}" if p.similarity is not None else ""] if scored else [])
-        rows.append([p.source, p.category or "", confidence, *ranked, *similarity, p.error or ""])
-    return header, rows
-
-
-def write_predictions(predictions: Sequence[Prediction], path: str | Path, topk: int) -> Path:
-    """Write predictions as CSV or JSON (by the file suffix), atomically."""
-    path = Path(path)
-    if path.suffix.lower() == ".json":
-        text = json.dumps([asdict(p) for p in predictions], indent=2) + "\n"
-    else:
-        buffer = io.StringIO()
-        writer = csv.writer(buffer)
-        header, rows = predictions_table(predictions, topk)
-        writer.writerow(header)
-        writer.writerows(rows)
-        text = buffer.getvalue()
-    write_text(path, text)
-    return path
-
-
-REVIEW_DIR = "_review"
-
-
-def sort_into(predictions: Sequence[Prediction], directory: str | Path) -> int:
-    """Copy each classified input file into ``directory/<category>/`` (held-back ones into
-    ``directory/_review/``); never move or overwrite.
-
-    Returns the number of files copied. A name already taken gets a ``-1``, ``-2``... suffix.
-    """
-    directory = Path(directory)
-    copied = 0
-    for p in predictions:
-        if not p.ok or not os.path.isfile(p.source):
-            continue
-        target_dir = directory / (REVIEW_DIR if p.verdict else p.category)
-        target_dir.mkdir(parents=True, exist_ok=True)
-        source = Path(p.source)
-        target = target_dir / source.name
-        n = 0
-        while target.exists():
-            n += 1
-            target = target_dir / f"{source.stem}-{n}{source.suffix}"
-        shutil.copy2(source, target)
-        copied += 1
-    return copied
-
-
-def save_predictions(predictions: Sequence[Prediction], output: str | Path, topk: int,
-                     sort_dir: str | Path | None = None, gate: Gate | None = None) -> Path:
-    """predict.py's outputs: the results file, copies into ``sort_dir`` (if given), with a gate
-    ``review.csv`` and ``review.html`` next to the results, and the log lines that say what could
-    not be read, what was held back and where everything went."""
-    path = write_predictions(predictions, output, topk)
-    if gate is not None and gate.active:
-        from product_cnn.inference.review import write_review
-
-        csv_path, html_path, held = write_review(predictions, path.parent, gate.describe())
-        unknown = sum(p.verdict == "unknown" for p in predictions)
-        log.info("Held back for review: %d of %d photo(s) (%d unsure, %d unknown; %s): %s, %s",
-                 held, len(predictions), held - unknown, unknown, gate.describe(), csv_path, html_path)
-    failed = [p for p in predictions if not p.ok]
-    for p in failed:
-        log.warning("Could not classify %s: %s", p.source, p.error)
-    if sort_dir:
-        copied = sort_into(predictions, sort_dir)
-        log.info("Copied %d file(s) into %s/<category>/ (originals untouched)", copied, sort_dir)
-    log.info("Classified %d of %d file(s); %d could not be read%s. Results: %s",
-             len(predictions) - len(failed), len(predictions), len(failed),
-             " (listed with their error in the results)" if failed else "", path)
-    return path
+        return collect(self.iter_predict(images, topk), len(images), progress)

@@ -115,7 +115,7 @@ def test_target_accuracy_takes_the_threshold_the_held_out_photos_reached(tiny_ru
 
 
 def test_a_second_review_keeps_the_first_review_csv(tmp_path):
-    from product_cnn.inference.predictor import Prediction
+    from product_cnn.inference.results import Prediction
     from product_cnn.inference.review import write_review
 
     held = [Prediction("a.jpg", "unsure", 0.4, [("Bags", 0.4)], verdict="unsure")]

@@ -93,7 +93,7 @@ def test_predict_cli_reports_bad_files_and_sorts_copies(tiny_run, mixed_folder, 
 
 
 def test_json_output_and_globs(tiny_run, mixed_folder, tmp_path):
-    from product_cnn.inference.predictor import write_predictions
+    from product_cnn.inference.results import write_predictions
 
     files = expand_inputs(str(mixed_folder / "*.jpg"))
     assert len(files) == 6 and not any(f.endswith(".txt") for f in files)

@@ -1,0 +1,156 @@
+"""predict.py on an exported model, without PyTorch: ``.onnx`` through ONNX Runtime, ``.xml``
+through OpenVINO (``export.py format=onnx|openvino``).
+
+The sidecar (``<model>.json``) gives the class names, the input size, how the checkpoint's photos
+were decoded and the calibration (the temperature is inside the model). Photos are decoded in a
+thread pool a batch ahead of the network (Pillow and both runtimes release the GIL), so decoding
+and inference overlap. No feature bank travels with an export: no "none of these" here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from product_cnn.confidence.gate import Gate, build_gate
+from product_cnn.data.images import check_decode, load_array
+from product_cnn.errors import ImageLoadError, ProductCNNError
+from product_cnn.inference.results import Prediction, collect
+from product_cnn.models.tta import check_tta
+
+RUNTIMES = {".onnx": "onnxruntime", ".xml": "openvino"}
+PRECISIONS = {"auto": None, "32": "f32", "bf16": "bf16"}  # OpenVINO's INFERENCE_PRECISION_HINT
+
+
+def is_exported(path: str | Path) -> bool:
+    """True for a model file :class:`ExportedPredictor` runs (by its suffix)."""
+    return isinstance(path, (str, Path)) and Path(str(path)).suffix.lower() in RUNTIMES
+
+
+def read_sidecar(model_path: str | Path) -> dict[str, Any]:
+    """The JSON written next to an exported model, or a one-line error."""
+    sidecar = Path(f"{model_path}.json")
+    if not Path(model_path).is_file() or not sidecar.is_file():
+        raise ProductCNNError(f"{model_path} or its sidecar {sidecar.name} does not exist: export it with  "
+                              "python export.py ckpt_path=... format=onnx (or format=openvino)")
+    return json.loads(sidecar.read_text())
+
+
+def sidecar_card(meta: dict[str, Any]) -> Any:
+    """The sidecar's calibration as a :class:`~product_cnn.confidence.card.ConfidenceCard` (no bank),
+    or None (imports torch: only for ``target_accuracy`` and the server's ``/info``)."""
+    c = meta.get("calibration")
+    if not c:
+        return None
+    import torch
+
+    from product_cnn.confidence.card import ConfidenceCard
+
+    return ConfidenceCard(c["temperature"], c["source"], torch.tensor(c["heldout_confidence"]),
+                          torch.tensor(c["heldout_correct"], dtype=torch.bool))
+
+
+def open_session(model_path: str | Path, precision: str = "auto",
+                 threads: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
+    """``float32 NCHW batch -> probabilities`` through the runtime the file's suffix names."""
+    runtime = RUNTIMES[Path(model_path).suffix.lower()]
+    if str(precision) not in PRECISIONS:
+        raise ProductCNNError(f"precision={precision!r} is not one of {', '.join(PRECISIONS)}")
+    try:
+        if runtime == "openvino":
+            import openvino as ov
+
+            config = {"PERFORMANCE_HINT": "LATENCY"}
+            if PRECISIONS[str(precision)]:  # auto: OpenVINO's own choice, bf16 where the CPU has it
+                config["INFERENCE_PRECISION_HINT"] = PRECISIONS[str(precision)]
+            if threads:
+                config["INFERENCE_NUM_THREADS"] = threads
+            compiled = ov.Core().compile_model(str(model_path), "CPU", config)
+            return lambda batch: compiled(batch)[0]
+        if str(precision) == "bf16":
+            raise ProductCNNError("ONNX Runtime runs the export in fp32 here: precision=auto or 32 "
+                                  "(an OpenVINO export, format=openvino, runs bf16)")
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        return lambda batch: session.run(None, {"images": batch})[0]
+    except ImportError:
+        name = Path(model_path).name
+        raise ProductCNNError(f"{name} needs {runtime}: pip install -e \".[export]\"") from None
+
+
+class ExportedPredictor:
+    """An exported model, its sidecar's classes and preprocessing, ready to classify photo files."""
+
+    def __init__(self, model_path: str | Path, batch_size: int = 32, tta: str = "none",
+                 min_confidence: float | None = None, target_accuracy: float | None = None,
+                 precision: str = "auto", workers: int | None = None) -> None:
+        meta = read_sidecar(model_path)
+        self.model_path = str(model_path)
+        self.class_names = list(meta["class_names"])
+        self.image_size = tuple(meta["input"]["shape"][2:4])
+        self.decode = check_decode(meta.get("decode", "full"))  # exports before the choice: full
+        self.batch_size = batch_size
+        self.tta = check_tta(tta)
+        cards = [sidecar_card(meta)] if target_accuracy is not None else []
+        self.gate: Gate = build_gate(cards, min_confidence, target_accuracy, unknown=False)
+        self.run = open_session(model_path, precision)
+        self.workers = workers or min(4, os.cpu_count() or 1)
+        self.device = "cpu"
+
+    def describe(self, ckpt_path: str) -> str:
+        return f"{ckpt_path} ({RUNTIMES[Path(self.model_path).suffix.lower()]})"
+
+    def _decode(self, path: str) -> tuple[np.ndarray | None, str]:
+        try:
+            return load_array(path, self.image_size, decode=self.decode), ""
+        except ImageLoadError as err:
+            return None, err.reason or str(err)
+
+    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+        """Probabilities for a uint8 ``(N, 3, H, W)`` batch (flip TTA: the mean with the mirror image)."""
+        images = batch.astype(np.float32) * np.float32(1 / 255)
+        probs = self.run(images)
+        if self.tta == "flip":
+            probs = (probs + self.run(np.ascontiguousarray(images[..., ::-1]))) / 2
+        return probs
+
+    def iter_predict(self, images: Sequence[str], topk: int = 3) -> Iterator[Prediction]:
+        """Yield one :class:`Prediction` per photo file, in order; decoding runs a batch ahead."""
+        topk = max(1, min(topk, len(self.class_names)))
+        starts = range(0, len(images), self.batch_size)
+        with ThreadPoolExecutor(self.workers) as pool:
+            def submit(start: int) -> list:
+                return [pool.submit(self._decode, str(p)) for p in images[start:start + self.batch_size]]
+
+            pending = submit(0) if len(images) else []
+            for start in starts:
+                decoded = [f.result() for f in pending]
+                pending = submit(start + self.batch_size) if start + self.batch_size < len(images) else []
+                good = [a for a, _ in decoded if a is not None]
+                probs = self.probabilities(np.stack(good)) if good else np.zeros((0, len(self.class_names)))
+                row = 0
+                for offset, (array, error) in enumerate(decoded):
+                    source = str(images[start + offset])
+                    if array is None:
+                        yield Prediction(source, error=error)
+                        continue
+                    order = np.argsort(-probs[row], kind="stable")[:topk]
+                    ranked = [(self.class_names[int(i)], float(probs[row, i])) for i in order]
+                    row += 1
+                    verdict = self.gate.verdict(ranked[0][1], None)
+                    yield Prediction(source, verdict or ranked[0][0], ranked[0][1], ranked, verdict=verdict)
+
+    def predict(self, images: Sequence[str], topk: int = 3, progress: bool = False) -> list[Prediction]:
+        """Classify photo files; ``progress`` shows a bar for long lists."""
+        images = [images] if isinstance(images, (str, Path)) else list(images)
+        return collect(self.iter_predict(images, topk), len(images), progress)
