@@ -211,7 +211,8 @@ def serve(cfg: DictConfig) -> None:
     from product_cnn.serve.app import build_server
     from product_cnn.serve.shutdown import stop_on_sigterm
 
-    server = build_server(cfg.get("ckpt_path"), cfg.backend, cfg.get("onnx_path"), cfg.device, cfg.workers,
+    exported = cfg.get("openvino_path") if cfg.backend == "openvino" else cfg.get("onnx_path")
+    server = build_server(cfg.get("ckpt_path"), cfg.backend, exported, cfg.device, cfg.workers,
                           cfg.max_batch_size, cfg.batch_timeout, cfg.topk, cfg.max_files, cfg.max_body_mb,
                           cfg.get("api_key"), list(cfg.cors_origins or []), cfg.timeout,
                           cfg.get("min_confidence"), cfg.get("target_accuracy"), cfg.get("unknown", True))

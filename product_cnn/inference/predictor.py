@@ -11,7 +11,7 @@ one unlike every training photo ``unknown``, its top-k kept.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -47,13 +47,15 @@ ImageInput = str | Path | Image.Image
 PRECISIONS = ("auto", "32", "bf16")
 
 
-def resolve_inference_precision(requested: str, device: str) -> tuple[str, str | None]:
+def resolve_inference_precision(requested: str, device: str,
+                                flags: Iterable[str] | None = None) -> tuple[str, str | None]:
     """(``"32"`` or ``"bf16"``, why) for ``precision=auto|32|bf16``; ``auto`` is bf16 where the
-    device computes it natively, as training's ``trainer.precision=auto`` decides."""
+    device computes it natively (``flags``: the CPU's, read from /proc/cpuinfo when None), as
+    training's ``trainer.precision=auto`` decides."""
     requested = str(requested)
     if requested not in PRECISIONS:
         raise ProductCNNError(f"precision={requested!r} is not one of {', '.join(PRECISIONS)}")
-    resolved, reason = resolve_precision(requested, device)
+    resolved, reason = resolve_precision(requested, device, flags)
     return ("bf16" if resolved.startswith("bf16") else "32"), reason
 
 

@@ -60,7 +60,7 @@ class ClassifierAPI(ls.LitAPI):
         files = read_request(request, self.max_files, self.max_bytes)
         if isinstance(files, BadRequest):
             return files
-        return decode_photos(files, self.info.image_size, several=len(files) > 1)
+        return decode_photos(files, self.info.image_size, several=len(files) > 1, decode=self.info.decode)
 
     def batch(self, inputs: list[Photos | BadRequest]) -> list[Photos | BadRequest]:
         return inputs  # kept apart: predict() runs the good photos of all of them at once

@@ -38,7 +38,7 @@ def build_server(ckpt_path: str | None = None, backend: str = "torch", onnx_path
     api = ClassifierAPI(info, ckpt_path, onnx_path, topk=topk, max_files=max_files,
                         max_bytes=max_body_mb * 2**20, api_key=api_key or None,
                         max_batch_size=max_batch_size, batch_timeout=batch_timeout)
-    accelerator = "cpu" if backend == "onnx" else device
+    accelerator = "cpu" if backend != "torch" else device
     server = ls.LitServer(api, accelerator=accelerator, workers_per_device=workers, timeout=timeout)
     _replace_routes(server, info.as_dict(), api_key or None)
     server.app.add_middleware(PredictGuard, max_bytes=max_body_mb * 2**20)

@@ -9,7 +9,6 @@ documents (its temperature is inside it; it has no similarity).
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,10 +18,12 @@ import torch
 
 from product_cnn.confidence.card import ConfidenceCard
 from product_cnn.confidence.gate import Gate, build_gate
-from product_cnn.data.images import ImageSize, image_hw, to_unit_float
+from product_cnn.data.images import ImageSize, checkpoint_decode, image_hw, to_unit_float
 from product_cnn.errors import ProductCNNError
+from product_cnn.inference.exported import open_session, read_sidecar, sidecar_card
 
-BACKENDS = ("torch", "onnx")
+BACKENDS = ("torch", "onnx", "openvino")
+EXPORTED = {"onnx": ".onnx", "openvino": ".xml"}  # the exported backends and their files
 
 
 def sha256_of(path: str | Path) -> str:
@@ -45,6 +46,7 @@ class ModelInfo:
     sha256: str = field(default="")
     card: ConfidenceCard | None = None
     gate: Gate = field(default_factory=Gate)
+    decode: str = "full"  # how the photos were decoded in training (data.decode)
 
     def as_dict(self) -> dict[str, Any]:
         from importlib.metadata import PackageNotFoundError, version
@@ -76,22 +78,16 @@ def model_info(backend: str, ckpt_path: str | None, onnx_path: str | None,
 def _model_info(backend: str, ckpt_path: str | None, onnx_path: str | None) -> ModelInfo:
     if backend not in BACKENDS:
         raise ProductCNNError(f"backend={backend!r} is not one of {', '.join(BACKENDS)}")
-    if backend == "onnx":
-        if not onnx_path:
-            raise ProductCNNError("backend=onnx needs onnx_path=<model.onnx> "
-                                  "(written by export.py format=onnx)")
-        sidecar = Path(f"{onnx_path}.json")
-        if not Path(onnx_path).is_file() or not sidecar.is_file():
-            raise ProductCNNError(f"{onnx_path} or its sidecar {sidecar.name} does not exist: "
-                                  "export it with  python export.py ckpt_path=... format=onnx")
-        meta = json.loads(sidecar.read_text())
+    if backend in EXPORTED:
+        key = "onnx_path" if backend == "onnx" else "openvino_path"
+        if not onnx_path or Path(str(onnx_path)).suffix.lower() != EXPORTED[backend]:
+            raise ProductCNNError(f"backend={backend} needs {key}=<model{EXPORTED[backend]}> "
+                                  f"(written by export.py format={backend})")
+        meta = read_sidecar(onnx_path)
         shape = meta["input"]["shape"]
-        c = meta.get("calibration")
-        card = None if not c else ConfidenceCard(c["temperature"], c["source"],
-                                                 torch.tensor(c["heldout_confidence"]),
-                                                 torch.tensor(c["heldout_correct"], dtype=torch.bool))
         return ModelInfo(meta["class_names"], meta.get("arch", "unknown"), [shape[2], shape[3]],
-                         str(onnx_path), "onnx", sha256_of(onnx_path), card)
+                         str(onnx_path), backend, sha256_of(onnx_path), sidecar_card(meta),
+                         decode=meta.get("decode", "full"))
     if not ckpt_path:
         raise ProductCNNError("missing config value ckpt_path: serve.py ckpt_path=<checkpoint>")
     from product_cnn.training.checkpoint import read_checkpoint
@@ -103,7 +99,8 @@ def _model_info(backend: str, ckpt_path: str | None, onnx_path: str | None) -> M
     if card is not None:
         card.bank = None  # the workers read it from the checkpoint; the server process needs the threshold
     return ModelInfo(names, hparams.get("arch", "keras_cnn"), hparams.get("image_size", 256),
-                     str(ckpt_path), "torch", sha256_of(ckpt_path), card)
+                     str(ckpt_path), "torch", sha256_of(ckpt_path), card,
+                     decode=checkpoint_decode(checkpoint))
 
 
 class TorchBackend:
@@ -119,18 +116,17 @@ class TorchBackend:
         return probs.numpy(), (sims.numpy() if sims is not None else None)
 
 
-class OnnxBackend:
-    """An exported ONNX model through onnxruntime."""
+class ExportedBackend:
+    """An exported model: ``.onnx`` through ONNX Runtime, OpenVINO's ``.xml`` through OpenVINO
+    (in the precision OpenVINO picks: bf16 where the CPU computes it natively)."""
 
-    def __init__(self, onnx_path: str) -> None:
-        import onnxruntime as ort
-
-        self.session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    def __init__(self, model_path: str) -> None:
+        self.run = open_session(model_path)
 
     def scores(self, images: torch.Tensor) -> tuple[np.ndarray, None]:
-        return self.session.run(None, {"images": to_unit_float(images).numpy()})[0], None
+        return self.run(to_unit_float(images).numpy()), None
 
 
 def load_backend(backend: str, ckpt_path: str | None, onnx_path: str | None, device: str,
                  unknown: bool = True) -> Any:
-    return OnnxBackend(onnx_path) if backend == "onnx" else TorchBackend(ckpt_path, device, unknown)
+    return ExportedBackend(onnx_path) if backend in EXPORTED else TorchBackend(ckpt_path, device, unknown)

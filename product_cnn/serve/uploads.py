@@ -71,12 +71,12 @@ def read_request(payload: Any, max_files: int, max_bytes: int) -> list[tuple[str
 
 
 def decode_photos(files: list[tuple[str, bytes]], image_size: ImageSize,
-                  several: bool) -> Photos | BadRequest:
+                  several: bool, decode: str = "reduced") -> Photos | BadRequest:
     """Decode every photo the way training did, or name the first that cannot be read."""
     images = []
     for index, (name, data) in enumerate(files, start=1):
         try:
-            images.append(load_image(data, image_size, name=name))
+            images.append(load_image(data, image_size, name=name, decode=decode))
         except ImageLoadError as err:
             where = f"file {index} ({name})" if several else name
             status = 413 if "decompression-bomb" in (err.reason or "") else 415 if "not an image" in (

@@ -102,3 +102,15 @@ def test_datamodule_batches_equal_with_and_without_cache(tree_factory, tmp_path)
     assert torch.equal(batches[True][0], batches[False][0])
     assert torch.equal(batches[True][1], batches[False][1])
     assert np.prod(batches[True][0].shape) > 0
+
+
+def test_the_decoding_method_is_part_of_the_cache_key(tmp_path):
+    from tests.data.test_images import _photo
+
+    photos = [str(_photo(tmp_path / f"{i}.jpg", (640, 480))) for i in range(2)]
+    reduced = DecodedImageCache(photos, 64, tmp_path / "c")
+    full = DecodedImageCache(photos, 64, tmp_path / "c", decode="full")
+    assert reduced.key != full.key and reduced.file.is_file() and full.file.is_file()
+    assert torch.equal(full[0], load_image(photos[0], 64, decode="full"))
+    assert torch.equal(reduced[0], load_image(photos[0], 64))
+    assert not torch.equal(reduced[0], full[0])

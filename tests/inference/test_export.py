@@ -51,3 +51,60 @@ def test_unknown_format_is_refused(tiny_run):
 
     with pytest.raises(ProductCNNError, match="unknown export format 'tflite'"):
         export(tiny_run["best"], "tflite")
+
+
+def _uint8(batch):
+    return (batch * 255).round().to(torch.uint8)
+
+
+@pytest.mark.parametrize("fmt", ["openvino", "onnx"])
+def test_exported_models_predict_as_the_checkpoint(tiny_run, tmp_path, batch, fmt):
+    pytest.importorskip("openvino" if fmt == "openvino" else "onnxruntime")
+    from product_cnn.inference.exported import ExportedPredictor
+
+    path = export(tiny_run["best"], fmt, tmp_path / ("model.xml" if fmt == "openvino" else "model.onnx"))
+    if fmt == "openvino":
+        assert path.with_suffix(".bin").is_file() and not list(tmp_path.glob(".*"))  # no scratch left
+    meta = json.loads(sidecar_path(path).read_text())
+    assert meta["format"] == fmt and meta["decode"] == "reduced"
+    images = _uint8(batch)
+    exported = ExportedPredictor(path, precision="32")
+    got = exported.probabilities(images.numpy())
+    assert np.abs(got - _reference(tiny_run["best"], images)).max() < 1e-4
+    photos = sorted(tiny_run["root"].rglob("*.jpg"))
+    want = Predictor.from_checkpoint(tiny_run["best"], device="cpu", unknown=False).predict(photos)
+    for a, b in zip(exported.predict(photos), want, strict=True):
+        assert a.source == b.source and a.category == b.category
+        assert [p for _, p in a.topk] == pytest.approx([p for _, p in b.topk], abs=1e-4)
+
+
+def test_predict_py_runs_an_openvino_export_without_torch(tiny_run, tmp_path):
+    pytest.importorskip("openvino")
+    import csv
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    xml = export(tiny_run["best"], "openvino", tmp_path / "model.xml")
+    out = tmp_path / "p.csv"
+    script = ("import runpy, sys\n"
+              f"sys.argv = ['predict.py', 'ckpt_path={xml}', 'inputs={tiny_run['root']}', 'output={out}',"
+              f" 'hydra.run.dir={tmp_path / 'run'}']\n"
+              "try:\n    runpy.run_path('predict.py', run_name='__main__')\n"
+              "finally:\n    print('torch imported' if 'torch' in sys.modules else 'no torch')\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parents[2], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().endswith("no torch")
+    rows = list(csv.DictReader(out.open()))
+    want = Predictor.from_checkpoint(tiny_run["best"], device="cpu", unknown=False).predict(
+        [r["path"] for r in rows])
+    assert len(rows) == 60 and [r["top1_category"] for r in rows] == [p.topk[0][0] for p in want]
+
+
+def test_a_missing_export_is_one_line(tmp_path):
+    from product_cnn.errors import ProductCNNError
+    from product_cnn.inference.exported import ExportedPredictor
+
+    with pytest.raises(ProductCNNError, match=r"model.xml or its sidecar model.xml.json does not exist"):
+        ExportedPredictor(tmp_path / "model.xml")

@@ -248,6 +248,34 @@ def test_onnx_backend_gives_the_same_answers(tiny_run, photos, tmp_path):
         running.stop()
 
 
+@pytest.mark.slow
+def test_openvino_backend_gives_the_same_answers(tiny_run, photos, tmp_path):
+    pytest.importorskip("openvino")
+    from product_cnn.inference.export import export
+
+    xml = export(tiny_run["best"], "openvino", tmp_path / "model.xml")
+    running = Server(tmp_path, "backend=openvino", f"openvino_path={xml}")
+    try:
+        info = httpx.get(f"{running.url}/info").json()
+        assert info["backend"] == "openvino"
+        expected = Predictor.from_checkpoint(tiny_run["best"], device="cpu").predict(photos[:4], topk=3)
+        for path, want in zip(photos[:4], expected, strict=True):
+            got = _post_file(running.url, path, headers={}).json()
+            assert got["category"] == want.topk[0][0]
+            # OpenVINO's own precision: bf16 where the CPU computes it natively
+            assert [p for _, p in got["topk"]] == pytest.approx([p for _, p in want.topk], abs=0.05)
+    finally:
+        running.stop()
+
+
+def test_an_exported_backend_needs_its_own_file():
+    from product_cnn.errors import ProductCNNError
+    from product_cnn.serve.backends import model_info
+
+    with pytest.raises(ProductCNNError, match=r"backend=openvino needs openvino_path=<model.xml>"):
+        model_info("openvino", None, "model.onnx")
+
+
 def _browser():
     """Headless Chromium through Selenium, or a skip that says what is missing."""
     import shutil
