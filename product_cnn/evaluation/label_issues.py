@@ -126,13 +126,13 @@ def _csv(issues: Sequence[LabelIssue]) -> str:
 def thumbnail_uri(path: str | Path, side: int = 160) -> str | None:
     """A JPEG data URI of the photo, upright and RGB as training reads it; None if unreadable."""
     try:
-        with open_image(path) as image:
+        with open_image(path) as image:  # to_rgb may hand back the opened image: use it inside
             small = to_rgb(image)
             small.thumbnail((side, side))
+            buffer = io.BytesIO()
+            small.save(buffer, format="JPEG", quality=80)
     except ImageLoadError:
         return None
-    buffer = io.BytesIO()
-    small.save(buffer, format="JPEG", quality=80)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
