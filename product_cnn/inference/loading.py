@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from product_cnn.confidence.card import ConfidenceCard
@@ -52,5 +53,7 @@ def load_network(path: str | Path) -> LoadedNetwork:
     state = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
     check_fits(net.state_dict(), state, name, hparams.get("arch", MIRROR))
     net.load_state_dict(state)
+    if hparams.get("channels_last"):  # as training ran it: NHWC convolutions, 2-3x faster in bf16 on CPU
+        net.to(memory_format=torch.channels_last)
     return LoadedNetwork(net.eval(), names, image_size, checkpoint_decode(checkpoint),
                          ConfidenceCard.from_dict(checkpoint.get("confidence")))
