@@ -156,14 +156,25 @@ def check_data(cfg: DictConfig) -> int:
 def predict(cfg: DictConfig) -> int:
     """Classify ``cfg.inputs`` with ``cfg.ckpt_path`` (checkpoints, or one exported ``.onnx`` /
     OpenVINO ``.xml`` model, run without PyTorch), write CSV or JSON, return the failure count."""
+    from product_cnn.data.cache import default_cache_dir
     from product_cnn.data.folder import expand_inputs
-    from product_cnn.inference.exported import ExportedPredictor, is_exported
+    from product_cnn.inference.exported import ExportedPredictor, cached_export, is_exported
     from product_cnn.inference.results import save_predictions
 
     tune_malloc()
     files = expand_inputs(cfg.inputs)
-    if is_exported(cfg.ckpt_path):
-        predictor = ExportedPredictor(cfg.ckpt_path, cfg.batch_size, cfg.get("tta", "none"),
+    ckpt_path = cfg.ckpt_path
+    runtime = cfg.get("runtime", "torch")
+    if runtime not in ("torch", "openvino"):
+        raise ProductCNNError(f"runtime={runtime!r} is not one of torch, openvino")
+    if runtime == "openvino" and not is_exported(ckpt_path):
+        if not isinstance(ckpt_path, str) or any(c in ckpt_path for c in "*?[,"):
+            raise ProductCNNError("runtime=openvino takes one checkpoint (ensembles: runtime=torch)")
+        ckpt_path = str(cached_export(ckpt_path, cfg.paths.cache_dir or default_cache_dir()))
+        log.info("runtime=openvino: %s is exported as %s (no \"none of these\": the export holds no "
+                 "features)", cfg.ckpt_path, ckpt_path)
+    if is_exported(ckpt_path):
+        predictor = ExportedPredictor(ckpt_path, cfg.batch_size, cfg.get("tta", "none"),
                                       cfg.get("min_confidence"), cfg.get("target_accuracy"),
                                       cfg.get("precision", "auto"))
     else:

@@ -20,14 +20,16 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import PIL
-import torch
 
 from product_cnn.atomic import atomic_path, write_text
 from product_cnn.data.images import PREPROCESS_VERSION, ImageSize, check_decode, image_hw, load_image
+
+if TYPE_CHECKING:  # torch only where a tensor is made: default_cache_dir() is used without it
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +84,8 @@ class DecodedImageCache:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> torch.Tensor:
+        import torch
+
         # a copy: callers may change it in place (augmentation) without touching the cache
         return torch.from_numpy(np.array(self.array[index]))
 

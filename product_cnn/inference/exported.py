@@ -28,6 +28,27 @@ RUNTIMES = {".onnx": "onnxruntime", ".xml": "openvino"}
 PRECISIONS = {"auto": None, "32": "f32", "bf16": "bf16"}  # OpenVINO's INFERENCE_PRECISION_HINT
 
 
+def cached_export(ckpt_path: str | Path, cache_dir: str | Path) -> Path:
+    """The OpenVINO export of a checkpoint, made once into ``<cache_dir>/exports/`` and found again
+    by the checkpoint's SHA-256 (a changed checkpoint gets its own): ``predict.py runtime=openvino``.
+    Only a first run imports torch, to export."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    try:
+        with open(ckpt_path, "rb") as f:
+            while chunk := f.read(1 << 24):
+                digest.update(chunk)
+    except OSError as err:
+        raise ProductCNNError(f"checkpoint {ckpt_path} cannot be read: {err.strerror or err}") from None
+    xml = Path(cache_dir).expanduser() / "exports" / f"{digest.hexdigest()[:24]}.xml"
+    if not (xml.is_file() and xml.with_suffix(".bin").is_file() and Path(f"{xml}.json").is_file()):
+        from product_cnn.inference.export import export  # torch, timm: the first run only
+
+        export(ckpt_path, "openvino", xml)
+    return xml
+
+
 def is_exported(path: str | Path) -> bool:
     """True for a model file :class:`ExportedPredictor` runs (by its suffix)."""
     return isinstance(path, (str, Path)) and Path(str(path)).suffix.lower() in RUNTIMES

@@ -108,3 +108,33 @@ def test_a_missing_export_is_one_line(tmp_path):
 
     with pytest.raises(ProductCNNError, match=r"model.xml or its sidecar model.xml.json does not exist"):
         ExportedPredictor(tmp_path / "model.xml")
+
+
+def test_runtime_openvino_exports_a_checkpoint_once_into_the_cache(tiny_run, tmp_path):
+    pytest.importorskip("openvino")
+    import csv
+
+    from product_cnn.errors import ProductCNNError
+    from product_cnn.tasks import predict
+    from tests.helpers import compose_cfg
+
+    def run(n: int, *extra: str) -> list[dict]:
+        out = tmp_path / f"p{n}.csv"
+        cfg = compose_cfg("predict", [f"ckpt_path={tiny_run['best']}", f"inputs={tiny_run['root']}",
+                                      f"output={out}", "runtime=openvino", "precision=32", *extra],
+                          tmp_path / f"run{n}", tmp_path / "cache")
+        assert predict(cfg) == 0
+        return list(csv.DictReader(out.open()))
+
+    first = run(0)
+    exports = sorted((tmp_path / "cache" / "exports").glob("*.xml"))
+    assert len(exports) == 1
+    made = exports[0].stat().st_mtime_ns
+    second = run(1)
+    assert exports[0].stat().st_mtime_ns == made  # found again, not exported again
+    want = Predictor.from_checkpoint(tiny_run["best"], device="cpu", unknown=False).predict(
+        [r["path"] for r in first])
+    assert [r["top1_category"] for r in first] == [r["top1_category"] for r in second] == [
+        p.topk[0][0] for p in want]
+    with pytest.raises(ProductCNNError, match="runtime='onnx' is not one of torch, openvino"):
+        run(2, "runtime=onnx")

@@ -17,7 +17,9 @@ ONE_BATCH = ["trainer.max_epochs=1", "+trainer.limit_train_batches=1", "+trainer
              "data.image_size=32"]
 
 
-HEAVY = {"convnext_tiny", "efficientnet_b0", "mobilenet_v3_large"}  # 30-45 s each on 2 cores: -m slow
+# 30-45 s each on 2 cores: -m slow (the default suite keeps resnet18 and the recommended Lite0)
+HEAVY = {"convnext_tiny", "efficientnet_b0", "mobilenet_v3_large", "mobilenet_v3_small",
+         "mobilenetv3_small_050"}
 
 
 TIMM = ("tf_efficientnet_lite0", "mobilenetv3_small_050")  # a Lite one and another small timm network

@@ -60,6 +60,7 @@ def test_multirun_sweep_trains_one_run_per_value(tmp_path):
         assert (tmp_path / "sweep" / job / "metrics.json").is_file()
 
 
+@pytest.mark.slow  # 25 s on 2 cores
 def test_optuna_sweep_runs_two_trials_and_maximises_val_acc(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="needs the sweep extra")
     import yaml
