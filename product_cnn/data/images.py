@@ -118,7 +118,7 @@ def open_image(source: str | Path | bytes, name: str | None = None,
                 if Image.MAX_IMAGE_PIXELS and width * height > Image.MAX_IMAGE_PIXELS:
                     raise ImageLoadError(str(path), f"too many pixels, a decompression-bomb guard "
                                                     f"({width}x{height} > {Image.MAX_IMAGE_PIXELS})")
-                if at_least is not None and image.format == "JPEG":
+                if at_least is not None and image.format in ("JPEG", "MPO"):  # MPO: camera JPEGs
                     side = max(image_hw(at_least))  # both sides: an EXIF rotation swaps them
                     image.draft(image.mode, (side, side))
                 image.load()
