@@ -195,7 +195,7 @@ def predict(cfg: DictConfig) -> int:
 
 
 def export(cfg: DictConfig) -> str:
-    """Export ``cfg.ckpt_path`` to ONNX or TorchScript; return the written path."""
+    """Export ``cfg.ckpt_path`` to ONNX, OpenVINO or TorchScript; return the written path."""
     from product_cnn.inference.export import export as export_checkpoint
 
     return str(export_checkpoint(cfg.ckpt_path, cfg.format, cfg.get("output")))

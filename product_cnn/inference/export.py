@@ -1,4 +1,4 @@
-"""Export a checkpoint to a self-contained ONNX or TorchScript file, plus a JSON sidecar.
+"""Export a checkpoint to a self-contained ONNX, OpenVINO (.xml + .bin) or TorchScript file + JSON sidecar.
 
 The exported model takes a float batch ``(N, 3, H, W)`` in [0, 1] (RGB, resized to the
 checkpoint's image size) and returns class probabilities ``(N, num_classes)``, temperature-scaled
