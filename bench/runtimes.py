@@ -84,7 +84,7 @@ def timed_process(command: list[str], repeats: int) -> list[float]:
         begin = time.perf_counter()
         done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
         times.append(time.perf_counter() - begin)
-        if done.returncode not in (0,):
+        if done.returncode != 0:
             raise SystemExit(f"error: {shlex.join(command)} failed:\n{done.stderr[-3000:]}")
     return times
 
@@ -142,8 +142,8 @@ def main() -> None:
             differs = sum(answers[p] != reference[p] for p in reference)
             print(f"{f'{runtime}, Pillow decoding, batch {batch}':<60} "
                   f"{median_spread([len(images) / t for t in times]):>24} {differs:>13}", flush=True)
-    print(f"# best times: median; files in {work}; import time of predict.py alone: "
-          f"python -X importtime predict.py --help", flush=True)
+    print(f"# whole-process medians (min-max); outputs in {work}; a runtime=openvino row's first run "
+          "exports into the cache (the median is the warm runs')", flush=True)
 
 
 if __name__ == "__main__":
