@@ -180,10 +180,7 @@ def predict(cfg: DictConfig) -> int:
     else:
         from product_cnn.inference.predictor import Predictor
 
-        workers = cfg.num_workers
-        if workers == "auto":  # decoding beside the network: 1.2x on 2 cores (docs/performance.md)
-            workers = 1 if len(files) > cfg.batch_size else 0
-        predictor = Predictor.from_checkpoint(cfg.ckpt_path, cfg.device, cfg.batch_size, int(workers),
+        predictor = Predictor.from_checkpoint(cfg.ckpt_path, cfg.device, cfg.batch_size, cfg.num_workers,
                                               cfg.get("tta", "none"), cfg.get("min_confidence"),
                                               cfg.get("target_accuracy"), cfg.get("unknown", True),
                                               cfg.get("precision", "32"))
