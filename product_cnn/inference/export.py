@@ -20,11 +20,11 @@ import torch
 from torch import nn
 
 from product_cnn.atomic import atomic_path, write_text
-from product_cnn.data.images import checkpoint_decode, image_hw
+from product_cnn.data.images import image_hw
 from product_cnn.errors import ProductCNNError
 from product_cnn.inference.bn_fold import fold_batchnorm
 from product_cnn.inference.calibrated import TemperatureScaled
-from product_cnn.training.checkpoint import read_checkpoint
+from product_cnn.inference.loading import load_network
 
 log = logging.getLogger(__name__)
 
@@ -44,19 +44,16 @@ class ProbabilityModel(nn.Module):
 
 def load_for_export(ckpt_path: str | Path) -> tuple[ProbabilityModel, dict]:
     """The checkpoint's network wrapped with softmax (eval mode, CPU) and its metadata."""
-    from product_cnn.training.module import ProductClassifier
-
-    checkpoint = read_checkpoint(ckpt_path)
-    module = ProductClassifier.from_checkpoint_dict(checkpoint, name=f"checkpoint {ckpt_path}",
-                                                  channels_last=False)
-    height, width = image_hw(module.hparams.image_size)
+    loaded = load_network(ckpt_path)  # the same rebuild as Predictor's
+    loaded.net.to(memory_format=torch.contiguous_format)  # the export's layout is NCHW
+    height, width = image_hw(loaded.image_size)
     meta = {
-        "class_names": module.class_names,
-        "arch": module.hparams.arch,
+        "class_names": loaded.class_names,
+        "arch": loaded.arch,
         "input": {"name": "images", "shape": ["N", 3, height, width], "dtype": "float32",
                   "layout": "NCHW", "channels": "RGB", "range": [0.0, 1.0]},
-        "output": {"name": "probabilities", "shape": ["N", len(module.class_names)]},
-        "decode": checkpoint_decode(checkpoint),
+        "output": {"name": "probabilities", "shape": ["N", len(loaded.class_names)]},
+        "decode": loaded.decode,
         "preprocessing": [
             "decode the image (a JPEG at 1/2, 1/4 or 1/8 scale, the smallest still at least the input "
             "size, when decode is 'reduced': Pillow's Image.draft); apply its EXIF orientation",
@@ -67,13 +64,13 @@ def load_for_export(ckpt_path: str | Path) -> tuple[ProbabilityModel, dict]:
         "checkpoint": str(ckpt_path),
         "calibration": None,
     }
-    card = module.confidence
+    card = loaded.card
     if card is not None:  # the bank stays out: "none of these" needs the features, served from checkpoints
         meta["calibration"] = {
             "temperature": card.temperature, "source": card.source, "applied": True,
             "heldout_confidence": [round(float(c), 6) for c in card.heldout_confidence],
             "heldout_correct": [bool(c) for c in card.heldout_correct]}
-    net = TemperatureScaled(fold_batchnorm(module.net), module.temperature)
+    net = TemperatureScaled(fold_batchnorm(loaded.net), loaded.temperature)
     return ProbabilityModel(net).eval(), meta
 
 

@@ -26,6 +26,7 @@ class LoadedNetwork:
     """A checkpoint's network (eval mode, CPU, fp32) and what inference needs with it."""
 
     net: nn.Module
+    arch: str
     class_names: list[str]
     image_size: ImageSize
     decode: str
@@ -46,14 +47,15 @@ def load_network(path: str | Path) -> LoadedNetwork:
     names = hparams.get("class_names")
     names = list(names) if names else [str(i) for i in range(hparams.get("num_classes", 5))]
     image_size = hparams.get("image_size", 256)
+    arch = hparams.get("arch", MIRROR)
     try:  # the weights come from the checkpoint: nothing to download or read for the backbone
-        net = build_network(hparams.get("arch", MIRROR), len(names), image_size, hparams.get("dropout", 0.1))
+        net = build_network(arch, len(names), image_size, hparams.get("dropout", 0.1))
     except (TypeError, ValueError, ProductCNNError) as err:
         raise CheckpointError(f"{name} does not describe a network: {err}") from None
     state = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
-    check_fits(net.state_dict(), state, name, hparams.get("arch", MIRROR))
+    check_fits(net.state_dict(), state, name, arch)
     net.load_state_dict(state)
     if hparams.get("channels_last"):  # as training ran it: NHWC convolutions, 2-3x faster in bf16 on CPU
         net.to(memory_format=torch.channels_last)
-    return LoadedNetwork(net.eval(), names, image_size, checkpoint_decode(checkpoint),
+    return LoadedNetwork(net.eval(), arch, names, image_size, checkpoint_decode(checkpoint),
                          ConfidenceCard.from_dict(checkpoint.get("confidence")))
