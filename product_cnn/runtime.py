@@ -77,6 +77,8 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     # eval.py restores weights only; the training callbacks it names are not needed for that
     warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`, callbacks")
+    # litdata's INFO lines (cache sizing, reader choice) repeat per split and per worker
+    logging.getLogger("litdata").setLevel(logging.WARNING)
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
         lambda record: not str(record.msg).startswith("💡 Tip")
     )

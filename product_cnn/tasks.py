@@ -1,6 +1,6 @@
-"""What the entry points run: train, evaluate, check_data, predict, export, find_label_issues,
-import_keras, serve. Each is a recipe of calls into the sub-packages; :func:`run` turns a user's
-error into one line."""
+"""What the entry points run: train, evaluate, check_data, prepare_data, predict, export,
+find_label_issues, import_keras, serve. Each is a recipe of calls into the sub-packages;
+:func:`run` turns a user's error into one line."""
 
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from product_cnn.training.calibrate import calibrate_after_fit
     from product_cnn.training.final_test import best_score, test_after_fit
     from product_cnn.training.probe import fit_probe_head, save_probe
-    from product_cnn.training.resume import check_resume_fits, resolve_resume
+    from product_cnn.training.resume import check_resume_fits, resolve_resume, step_checkpoints
     from product_cnn.training.trainer import build_trainer, check_accelerator
 
     tune_malloc()
@@ -89,7 +89,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule: ProductDataModule = instantiate(cfg.data, _convert_="all")
     datamodule.prepare_data()
     if cfg.get("summary_only"):  # the model's table for these classes, no data check, no training
-        classes = scan_tree(datamodule.hparams.root, datamodule.hparams.classes).class_names
+        if isinstance(datamodule, ProductDataModule):
+            classes = scan_tree(datamodule.hparams.root, datamodule.hparams.classes).class_names
+        else:  # shards: their manifest
+            datamodule.setup("fit")
+            classes = datamodule.class_names
         net = instantiate(cfg.model, class_names=classes, _recursive_=False, _convert_="all")
         print(format_summary(summarize_network(net.net, net.hparams.image_size)))
         return {}
@@ -98,12 +102,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     check_optimized_metric(cfg, has_val)
     model = instantiate(cfg.model, _recursive_=False, _convert_="all", **datamodule.model_args())
     if resumed is not None:
-        check_resume_fits(ckpt_path, resumed, model, datamodule.hparams.root)
+        check_resume_fits(ckpt_path, resumed, model, datamodule.root)
     if cfg.get("probe"):  # a linear head on cached features: experiment=probe, or LP-FT's first step
         fit_probe_head(cfg.probe, model, datamodule, cfg.get("seed"), cfg.get("confidence"))
         if not cfg.probe.get("finetune"):
             return save_probe(cfg, model, datamodule)
-    trainer = build_trainer(cfg, validate=has_val)
+    trainer = build_trainer(cfg, validate=has_val, extra_callbacks=step_checkpoints(cfg))
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()} | best_score(trainer)
     if has_val and (cfg.get("confidence") or {}).get("fit", True):
@@ -151,6 +155,22 @@ def check_data(cfg: DictConfig) -> int:
     datamodule.prepare_data()
     print(datamodule.check_report(cfg.show_groups))
     return len(datamodule.check.bad)
+
+
+def prepare_data(cfg: DictConfig) -> str:
+    """Write litdata shards of ``cfg.data``'s photos to ``cfg.output``; return where."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from product_cnn.data.streaming.prepare import prepare_shards
+
+    datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule.prepare_data()
+    options = cfg.get("storage_options")
+    options = OmegaConf.to_container(options, resolve=True) if options else None
+    prepare_shards(datamodule, str(cfg.output), cfg.store, cfg.get("folds"), cfg.get("num_workers"),
+                   str(cfg.chunk_bytes), options)
+    return str(cfg.output)
 
 
 def predict(cfg: DictConfig) -> int:

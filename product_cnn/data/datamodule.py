@@ -15,6 +15,7 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
 from product_cnn.data.augment import build_augment, build_mix
+from product_cnn.data.batches import DeviceBatches
 from product_cnn.data.cache import DecodedImageCache, default_cache_dir
 from product_cnn.data.check import TreeCheck, check_report, check_tree
 from product_cnn.data.dataset import ImageListDataset
@@ -22,7 +23,8 @@ from product_cnn.data.demo import default_demo_root, ensure_demo_dataset
 from product_cnn.data.extra import Extra, read_extra
 from product_cnn.data.folder import SPLITS, FolderTree, Sample, scan_tree
 from product_cnn.data.folds import check_fold, kfold_split
-from product_cnn.data.images import DECODE_METHODS, checkpoint_decode, to_unit_float
+from product_cnn.data.images import DECODE_METHODS, checkpoint_decode
+from product_cnn.data.listing import is_listing, scan_listing
 from product_cnn.data.relabel import Relabel, apply_relabel, read_relabel
 from product_cnn.data.samplers import EpochShuffleSampler, EpochWeightedSampler
 from product_cnn.data.split import stratified_split
@@ -33,8 +35,9 @@ log = logging.getLogger(__name__)
 BALANCES = ("none", "weighted_loss", "sampler")
 
 
-class ProductDataModule(L.LightningDataModule):
-    """Product photos from ``root`` in either layout (see :mod:`product_cnn.data.folder`).
+class ProductDataModule(DeviceBatches, L.LightningDataModule):
+    """Product photos from ``root`` in either layout (see :mod:`product_cnn.data.folder`), or listed in
+    a ``path,label`` CSV (``root=photos.csv``, see :mod:`product_cnn.data.listing`).
 
     Batches leave the loader as uint8; augmentation (training only) and scaling to float in
     [0, 1] happen after they reach the device. With ``demo=True`` the synthetic demo tree is
@@ -129,6 +132,11 @@ class ProductDataModule(L.LightningDataModule):
             raise CheckpointError("the checkpoint does not record its data set: "
                                   "pass data.root=/path/to/photos")
         params = dict(saved or {})
+        if "input_dir" in params:  # trained from shards: only what a folder data set shares with them
+            import inspect
+
+            known = set(inspect.signature(cls.__init__).parameters)
+            params = {k: v for k, v in params.items() if k in known and v is not None}
         if saved:
             params.setdefault("decode", checkpoint_decode(checkpoint))
         model_size = checkpoint.get("hyper_parameters", {}).get("image_size")
@@ -161,6 +169,11 @@ class ProductDataModule(L.LightningDataModule):
         return self.tree.class_names
 
     @property
+    def root(self) -> str:
+        """The photo folder (per-photo reports name files relative to it)."""
+        return self.hparams.root
+
+    @property
     def cache_dir(self) -> str:
         """Where the decoded-image cache and the data-check results go."""
         return self.hparams.cache_dir or default_cache_dir()
@@ -177,7 +190,7 @@ class ProductDataModule(L.LightningDataModule):
         hp = self.hparams
         if hp.demo and not Path(hp.root).is_dir():
             self.prepare_data()  # setup() without prepare_data(), e.g. from a notebook
-        tree = scan_tree(hp.root, hp.classes)
+        tree = scan_listing(hp.root, hp.classes) if is_listing(hp.root) else scan_tree(hp.root, hp.classes)
         if hp.folds is not None and tree.presplit:
             raise DataError(f"data.folds needs one folder per class: {hp.root} is already split into "
                             "train/val/test (cross-validate the unsplit photos instead)")
@@ -358,12 +371,6 @@ class ProductDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
 
-    def augment_batch(self, images: torch.Tensor) -> torch.Tensor:
-        """``data.augment`` applied to each image of a uint8 batch, on the batch's device."""
-        if self.augment is None:
-            return images
-        return torch.stack([self.augment(image) for image in images])
-
     def state_dict(self) -> dict[str, Any]:
         """Saved with every checkpoint: the label corrections and extra photos this run used, if any."""
         state: dict[str, Any] = {}
@@ -376,17 +383,3 @@ class ProductDataModule(L.LightningDataModule):
             state["extra"] = {"file": self.extra.file, "skipped": self.extra.skipped,
                               "labels": {p: names[label] for p, label in self.extra.samples}}
         return state
-
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        # Runs on the training device: augmentation (training batches only, a new draw per
-        # image) and the uint8 -> float conversion happen on the GPU when there is one.
-        if isinstance(batch, torch.Tensor):  # images alone (the model summary's example input)
-            return to_unit_float(batch)
-        images, *rest = batch
-        training = self.trainer is not None and self.trainer.training
-        if training:
-            images = self.augment_batch(images)
-        images = to_unit_float(images)
-        if training and self.mix is not None:
-            images, rest[0] = self.mix(images, rest[0])
-        return [images, *rest]

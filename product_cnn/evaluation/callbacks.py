@@ -140,7 +140,7 @@ class ReportWriter(Callback):
         datamodule = trainer.datamodule
         context: dict[str, Any] = {"checkpoint": str(trainer.ckpt_path) if trainer.ckpt_path else None}
         if datamodule is not None and hasattr(datamodule, "counts"):
-            context["data_root"] = datamodule.hparams.root
+            context["data_root"] = datamodule.root
             context["split_sizes"] = {split: sum(c) for split, c in datamodule.counts().items()}
         report = build_report(record.test_report, record.class_names, **context)
         per_photo = record.test_predictions is not None and hasattr(datamodule, "split_samples")
@@ -155,7 +155,7 @@ class ReportWriter(Callback):
             raw = record.test_raw_probs
             paths.append(write_test_predictions(
                 Path(self.dirpath, PREDICTIONS_FILE), datamodule.split_samples["test"],
-                datamodule.hparams.root, record.class_names, indices.tolist(), probs.numpy(),
+                datamodule.root, record.class_names, indices.tolist(), probs.numpy(),
                 raw.numpy() if raw is not None else None))
             if "confidence" in report:
                 paths += write_confidence_figures(self.dirpath, probs, raw, labels)

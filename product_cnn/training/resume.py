@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, open_dict
@@ -76,6 +76,18 @@ def check_resume_fits(ckpt_path: str, checkpoint: dict[str, Any], model: Any, ro
         raise CheckpointError(f"checkpoint {ckpt_path} was trained on classes {list(names)}, "
                               f"but {root} has {list(model.class_names)}")
     model.check_weights_fit(checkpoint["state_dict"], f"checkpoint {ckpt_path}")
+
+
+def step_checkpoints(cfg: DictConfig) -> list[Callback]:
+    """With ``data.checkpoint_every_n_steps=N``: ``checkpoints/last.ckpt`` also every N training steps,
+    mid-epoch (the loader's position is in it), beside the end-of-epoch one; else nothing."""
+    every = (cfg.get("data") or {}).get("checkpoint_every_n_steps")
+    last = (cfg.get("callbacks") or {}).get("last_checkpoint")
+    if not every or not last:
+        return []
+    return [ModelCheckpoint(dirpath=last.dirpath, filename="last", monitor=None, save_top_k=1,
+                            every_n_train_steps=int(every), save_on_train_epoch_end=False,
+                            enable_version_counter=False)]
 
 
 class ResumeHint(Callback):

@@ -59,15 +59,16 @@ def _resolve_precision(trainer_cfg: DictConfig) -> None:
             trainer_cfg.precision = precision
 
 
-def build_trainer(cfg: DictConfig, validate: bool = True) -> L.Trainer:
-    """``cfg.trainer`` with the callbacks and loggers of ``cfg.callbacks`` and ``cfg.logger``;
-    ``validate=False`` (no validation photos) skips the validation loop."""
+def build_trainer(cfg: DictConfig, validate: bool = True,
+                  extra_callbacks: list[Any] | None = None) -> L.Trainer:
+    """``cfg.trainer`` with the callbacks and loggers of ``cfg.callbacks`` and ``cfg.logger`` (and
+    ``extra_callbacks``); ``validate=False`` (no validation photos) skips the validation loop."""
     check_accelerator(cfg.trainer)
     _no_sync_batchnorm_on_cpu(cfg.trainer)
     _resolve_precision(cfg.trainer)
     return instantiate(
         cfg.trainer,
-        callbacks=instantiate_group(cfg.get("callbacks")),
+        callbacks=instantiate_group(cfg.get("callbacks")) + list(extra_callbacks or []),
         logger=instantiate_group(cfg.get("logger")) or False,
         **({} if validate else {"limit_val_batches": 0}),
     )

@@ -1,0 +1,37 @@
+"""One split of the shards as a litdata ``StreamingDataset``
+of ``(uint8 image (3, H, W), label[, index])``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from litdata import StreamingDataset
+
+from product_cnn.data.images import load_array
+
+
+class ShardDataset(StreamingDataset):
+    """litdata streams the items (each rank and worker its own part, shuffled per epoch when
+    ``shuffle``); this turns one into what :class:`~product_cnn.data.dataset.ImageListDataset` gives.
+
+    ``store="bytes"`` items hold the photo file, decoded here exactly as ``data=folder`` decodes it;
+    ``store="image"`` items are already the resized uint8 image. ``with_index`` adds the item's
+    index in ``<split>.csv`` (per-photo reports)."""
+
+    def __init__(self, input_dir: str, store: str, image_size: int, decode: str = "reduced",
+                 with_index: bool = False, **streaming: Any) -> None:
+        super().__init__(input_dir, **streaming)
+        self.store, self.image_size, self.decode, self.with_index = store, image_size, decode, with_index
+
+    def __getitem__(self, index: Any) -> tuple[torch.Tensor, int] | tuple[torch.Tensor, int, int]:
+        item = super().__getitem__(index)
+        image = item["image"]
+        if self.store == "bytes":
+            name = f"shard item {item['index']}"
+            image = load_array(np.asarray(image).tobytes(), self.image_size, name=name, decode=self.decode)
+        tensor = torch.from_numpy(np.array(image))  # a copy: litdata hands out read-only views
+        if self.with_index:
+            return tensor, int(item["label"]), int(item["index"])
+        return tensor, int(item["label"])
