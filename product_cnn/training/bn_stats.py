@@ -12,6 +12,8 @@ that epoch's batches. Training itself (batch statistics) is unchanged.
 
 from __future__ import annotations
 
+from typing import Any
+
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
@@ -37,15 +39,40 @@ class EpochBatchNormStats(Callback):
         self._stats: list[torch.Tensor] = []  # running mean and var of every layer
         self._sums: list[torch.Tensor] = []  # their sums over this epoch's batches
         self._batches = 0
+        self._restored: dict[str, Any] | None = None  # from a mid-epoch checkpoint
 
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def state_dict(self) -> dict[str, Any]:
+        """The epoch's sums so far: a run resumed mid-epoch averages over the whole epoch too."""
+        return {"sums": [t.cpu() for t in self._sums], "batches": self._batches}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._restored = state_dict
+
+    def _layers(self, pl_module: L.LightningModule) -> list[nn.modules.batchnorm._BatchNorm]:
         layers = [bn for bn in batchnorm_layers(pl_module) if bn.training]  # not those kept frozen
         for bn in layers:
-            bn.reset_running_stats()
             bn.momentum = 1.0  # running statistics = the statistics of the current batch
         self._stats = [t for bn in layers for t in (bn.running_mean, bn.running_var)]
+        return layers
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restored = None  # a new epoch: a checkpoint's sums belonged to the one before
+        for bn in self._layers(pl_module):
+            bn.reset_running_stats()
         self._sums = [torch.zeros_like(t) for t in self._stats]
         self._batches = 0
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        # Resumed mid-epoch, Lightning does not call on_train_epoch_start: continue the saved sums.
+        restored, self._restored = self._restored, None
+        if restored is not None and not self._stats:
+            self._layers(pl_module)
+            if len(restored["sums"]) == len(self._stats):
+                self._sums = [s.to(t.device) for s, t in zip(restored["sums"], self._stats, strict=True)]
+                self._batches = int(restored["batches"])
+            else:
+                self._stats = []
 
     @torch.no_grad()
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,

@@ -22,7 +22,7 @@ class EpochSeed(Callback):
     """Re-seed Python, NumPy and torch at the start of every training epoch from seed + epoch.
 
     ``seed: null`` turns it off (the run is then not reproducible anyway). ``per_batch`` (truthy):
-    also before every training batch, from (seed, epoch, batch).
+    also before every training batch, from (seed, epoch, step).
     """
 
     def __init__(self, seed: int | None = 0, per_batch: bool | int | None = False) -> None:
@@ -38,5 +38,7 @@ class EpochSeed(Callback):
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: object,
                              batch_idx: int) -> None:
         if self.seed is not None and self.per_batch:
-            seed = self.seed + 1000 * trainer.current_epoch + trainer.global_rank + 7919 * (batch_idx + 1)
+            # the step count, not batch_idx: it is restored with the checkpoint
+            step = 7919 * (trainer.global_step + 1)
+            seed = self.seed + 1000 * trainer.current_epoch + trainer.global_rank + step
             seed_everything(seed % 2**31, workers=True, verbose=False)

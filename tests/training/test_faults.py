@@ -26,9 +26,9 @@ TINY = ["data=folder", "data.image_size=32", "data.batch_size=8", "trainer.accel
         "callbacks.rich_progress_bar=null", "callbacks.model_summary=null"]
 
 
-def _start(tmp_path: Path, run: str, *overrides: str) -> subprocess.Popen:
+def _start(tmp_path: Path, run: str, *overrides: str, tiny: list[str] = TINY) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, str(REPO / "train.py"), *TINY, f"paths.cache_dir={tmp_path / 'cache'}",
+        [sys.executable, str(REPO / "train.py"), *tiny, f"paths.cache_dir={tmp_path / 'cache'}",
          f"hydra.run.dir={tmp_path / run}", *overrides],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         # a shell that starts jobs in the background ignores SIGINT for them; Ctrl-C does not
@@ -207,3 +207,53 @@ def test_resume_with_ckpt_path_last_finds_the_newest_run(tmp_path, photos, train
     assert find_last_checkpoint(runs) == runs / "new" / "checkpoints" / "last.ckpt"
     with pytest.raises(CheckpointError, match=r"no run with checkpoints/last\.ckpt"):
         find_last_checkpoint(tmp_path / "empty")
+
+
+def test_streaming_killed_mid_epoch_resumes_with_the_remaining_samples(tmp_path, photos):
+    from product_cnn.data.datamodule import ProductDataModule
+    from product_cnn.data.streaming.prepare import prepare_shards
+
+    shards = tmp_path / "shards"
+    folder = ProductDataModule(root=str(photos), image_size=32, cache=False,
+                               cache_dir=str(tmp_path / "cache"))
+    prepare_shards(folder, str(shards), num_workers=2)
+    args = ["data=streaming", f"data.input_dir={shards}", "data.batch_size=4",
+            "data.checkpoint_every_n_steps=1", "trainer.max_epochs=2", "trainer.deterministic=true"]
+    tiny = [a for a in TINY if not a.startswith(("data=", "data.batch_size"))]
+
+    def start(run: str, *more: str) -> subprocess.Popen:
+        return _start(tmp_path, run, *args, *more, tiny=tiny)
+
+    whole = start("whole")
+    _, err = whole.communicate(timeout=600)
+    assert whole.returncode == 0, err[-3000:]
+    steps = torch.load(tmp_path / "whole" / "checkpoints" / "last.ckpt",
+                       weights_only=True)["global_step"] // 2  # per epoch
+
+    for attempt in range(4):  # killed at a step inside an epoch (not at its end)
+        name = f"killed_{attempt}"
+        killed = start(name)
+        last = tmp_path / name / "checkpoints" / "last.ckpt"
+        _wait_for(last, killed)
+        time.sleep(0.05 * attempt)
+        killed.send_signal(signal.SIGKILL)
+        killed.wait()
+        step = torch.load(last, weights_only=True)["global_step"]
+        if step % steps and not (tmp_path / name / "metrics.json").exists():
+            break
+    else:
+        pytest.fail("no kill landed inside an epoch")
+    loops = torch.load(last, weights_only=True)["loops"]
+    loader_state = loops["fit_loop"]["state_dict"]["combined_loader"][0]
+    assert loader_state["num_samples_yielded"] == 4 * (step % steps)  # the loader's position is saved
+
+    resumed = start("resume", f"ckpt_path={last}")
+    _, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err[-3000:]
+    a = torch.load(tmp_path / "whole" / "checkpoints" / "last.ckpt", weights_only=True)
+    b = torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=True)
+    assert a["global_step"] == b["global_step"] == 2 * steps
+    for key, value in a["state_dict"].items():  # the same batches, in the same order, as the whole run
+        assert torch.equal(value, b["state_dict"][key]), key
+    report_a, report_b = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("whole", name))
+    assert report_a["confusion_matrix"] == report_b["confusion_matrix"]

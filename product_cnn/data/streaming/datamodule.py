@@ -9,7 +9,6 @@ from typing import Any
 
 import lightning as L
 import torch
-from litdata import StreamingDataLoader
 
 from product_cnn.data.augment import build_augment, build_mix
 from product_cnn.data.batches import DeviceBatches
@@ -17,6 +16,7 @@ from product_cnn.data.cache import default_cache_dir
 from product_cnn.data.folder import SPLITS, Sample
 from product_cnn.data.images import check_decode
 from product_cnn.data.streaming.dataset import ShardDataset
+from product_cnn.data.streaming.loader import ResumableLoader
 from product_cnn.data.streaming.location import is_remote, join, resolve
 from product_cnn.data.streaming.manifest import Manifest, read_manifest, read_samples
 from product_cnn.errors import DataError
@@ -80,7 +80,7 @@ class StreamingDataModule(DeviceBatches, L.LightningDataModule):
         self.split_samples: dict[str, list[Sample]] = {}
         self.check = None  # the photos were checked when the shards were made (manifest.bad)
         self.tree = None
-        self._loaders: dict[str, StreamingDataLoader] = {}
+        self._loaders: dict[str, ResumableLoader] = {}
 
     # what the rest of the project reads from a data module
     @property
@@ -184,23 +184,24 @@ class StreamingDataModule(DeviceBatches, L.LightningDataModule):
             params["classes"] = list(class_names)
         return cls(**{k: v for k, v in params.items() if k in known})
 
-    def _loader(self, split: str, shuffle: bool) -> StreamingDataLoader:
+    def _loader(self, split: str, shuffle: bool) -> ResumableLoader:
         hp = self.hparams
         if split not in self._loaders:  # the same loader every epoch: its state is the position
             dataset = self.dataset(split, shuffle)
-            # A last training batch of one sample would break BatchNorm1d; drop only that case
-            # (len: this rank's share).
-            drop_last = shuffle and len(dataset) % hp.batch_size == 1
-            self._loaders[split] = StreamingDataLoader(
+            # Training under DDP: litdata's drop_last gives every rank the same number of full
+            # batches. One process: drop only a last batch of one sample (it breaks BatchNorm1d).
+            drop_last = shuffle and (dataset.distributed_env.world_size > 1
+                                     or len(dataset) % hp.batch_size == 1)
+            self._loaders[split] = ResumableLoader(
                 dataset, batch_size=hp.batch_size, num_workers=hp.num_workers, pin_memory=hp.pin_memory,
                 persistent_workers=hp.num_workers > 0, drop_last=drop_last)
         return self._loaders[split]
 
-    def train_dataloader(self) -> StreamingDataLoader:
+    def train_dataloader(self) -> ResumableLoader:
         return self._loader("train", shuffle=True)
 
-    def val_dataloader(self) -> StreamingDataLoader:
+    def val_dataloader(self) -> ResumableLoader:
         return self._loader("val", shuffle=False)
 
-    def test_dataloader(self) -> StreamingDataLoader:
+    def test_dataloader(self) -> ResumableLoader:
         return self._loader("test", shuffle=False)

@@ -23,6 +23,11 @@ class ShardDataset(StreamingDataset):
     def __init__(self, input_dir: str, store: str, image_size: int, decode: str = "reduced",
                  with_index: bool = False, **streaming: Any) -> None:
         super().__init__(input_dir, **streaming)
+        if self.shuffle:
+            # litdata's POSIX fast path gives each rank the same chunks every epoch and shuffles only
+            # within a sliding window of 16 items; training wants its general one: chunks permuted
+            # across ranks and items within chunks every epoch (as data=folder reshuffles everything)
+            self.posix_fast = None
         self.store, self.image_size, self.decode, self.with_index = store, image_size, decode, with_index
 
     def __getitem__(self, index: Any) -> tuple[torch.Tensor, int] | tuple[torch.Tensor, int, int]:

@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 import time
 from pathlib import Path
 from typing import Any
@@ -121,7 +122,10 @@ def prepare_shards(datamodule: ProductDataModule, output: str, store: str = "ima
             log.info("%s: already written, kept", split)
             continue
         start = time.perf_counter()
-        optimize(fn=item, inputs=[(i, p, label) for i, (p, label) in enumerate(samples)], output_dir=where,
+        inputs = [(i, p, label) for i, (p, label) in enumerate(samples)]
+        # written in a seeded random order: a chunk (and so a batch) mixes classes; index = csv row
+        random.Random(f"{hp.split_seed}:{split}").shuffle(inputs)
+        optimize(fn=item, inputs=inputs, output_dir=where,
                  num_workers=min(workers, len(samples)), chunk_bytes=chunk_bytes, use_checkpoint=True,
                  reorder_files=False, storage_options=storage_options or {}, verbose=False,
                  start_method="fork")

@@ -1,0 +1,232 @@
+"""Shards (prepare_data) and data=streaming: what the shards hold, resuming, several ranks, s3://."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+
+from product_cnn.data.datamodule import ProductDataModule
+from product_cnn.data.images import load_array
+from product_cnn.data.streaming.datamodule import StreamingDataModule
+from product_cnn.data.streaming.dataset import ShardDataset
+from product_cnn.data.streaming.manifest import read_samples
+from product_cnn.data.streaming.prepare import prepare_shards
+from product_cnn.errors import DataError
+from tests.helpers import make_tree
+
+SIZE = 32
+
+
+def _folder(root: Path, cache: Path, **kw) -> ProductDataModule:
+    return ProductDataModule(root=str(root), image_size=SIZE, cache_dir=str(cache), cache=False,
+                             skip_bad_images=True, **kw)
+
+
+def _digest(image: torch.Tensor) -> str:
+    return hashlib.sha256(image.contiguous().numpy().tobytes()).hexdigest()
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> Path:
+    root = make_tree(tmp_path / "photos", {"Bags": 14, "Cups": 14, "Pens": 14})
+    (root / "Cups" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    shutil.copy(root / "Bags" / "img_000.jpg", root / "Bags" / "img_000_again.jpg")  # a near-duplicate
+    return root
+
+
+@pytest.mark.parametrize("store", ["image", "bytes"])
+def test_shards_hold_every_photo_once_as_data_folder_reads_it(tmp_path, photos, store):
+    manifest = prepare_shards(_folder(photos, tmp_path / "cache"), str(tmp_path / "shards"), store=store,
+                              folds=3, num_workers=2)
+    folder = _folder(photos, tmp_path / "cache")
+    folder.setup("fit")
+    assert manifest.class_names == folder.class_names == ["Bags", "Cups", "Pens"]
+    assert manifest.counts == folder.counts()
+    assert [Path(p).name for p, _ in manifest.bad] == ["broken.jpg"]  # listed and left out
+    streaming = StreamingDataModule(str(tmp_path / "shards"), image_size=SIZE,
+                                    cache_dir=str(tmp_path / "cache"))
+    streaming.setup("fit")
+    for split in ("train", "val", "test"):
+        listed = read_samples(str(tmp_path / "shards"), split, manifest.class_names)
+        assert sorted(listed) == sorted(folder.split_samples[split])  # the folder path's split
+        assert len(streaming.dataset(split)) == len(listed)
+        dataset = ShardDataset(str(tmp_path / "shards" / split), store, SIZE, with_index=True)
+        items = {index: (image, label) for image, label, index in (dataset[i] for i in range(len(dataset)))}
+        assert sorted(items) == list(range(len(listed)))  # every photo exactly once
+        for index, (path, label) in enumerate(listed):  # the pixels and label data=folder would train on
+            image, stored_label = items[index]
+            assert stored_label == label
+            assert torch.equal(image, torch.from_numpy(load_array(path, SIZE)))
+    # the near-duplicates stayed in one split, and the k-fold assignment is the folder path's
+    together = [s for s, samples in folder.split_samples.items()
+                if any(Path(p).name.startswith("img_000") and label == 0 for p, label in samples)]
+    assert len(together) == 1
+    rows = {}
+    for split in ("train", "val", "test"):
+        text = (tmp_path / "shards" / f"{split}.csv").read_text().splitlines()[1:]
+        rows.update({line.split(",")[1]: int(line.split(",")[3]) for line in text})
+    for k in range(3):
+        fold = _folder(photos, tmp_path / "cache", folds=3, fold=k)
+        fold.setup("fit")
+        in_fold = sorted(p for p, f in rows.items() if f == k)
+        assert sorted(p for p, _ in fold.split_samples["test"]) == in_fold
+
+
+def test_an_interrupted_run_resumes_and_other_photos_are_refused(tmp_path, photos):
+    out = tmp_path / "shards"
+    first = prepare_shards(_folder(photos, tmp_path / "cache"), str(out), num_workers=2)
+    train_index = (out / "train" / "index.json").stat().st_mtime_ns
+    # as if killed while writing val: the manifest (written last), val's list and its shards are gone
+    (out / "product_cnn.json").unlink()
+    (out / "val.csv").unlink()
+    shutil.rmtree(out / "val")
+    again = prepare_shards(_folder(photos, tmp_path / "cache"), str(out), num_workers=2)
+    assert again == first
+    assert (out / "train" / "index.json").stat().st_mtime_ns == train_index  # finished split kept
+    assert prepare_shards(_folder(photos, tmp_path / "cache"), str(out)) == first  # complete: nothing redone
+    other = make_tree(tmp_path / "other", {"Bags": 6, "Cups": 6})
+    with pytest.raises(DataError, match="already holds other shards"):
+        prepare_shards(_folder(other, tmp_path / "cache"), str(out))
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    with pytest.raises(DataError, match="not empty"):
+        prepare_shards(_folder(other, tmp_path / "cache"), str(tmp_path / "busy"))
+
+
+def test_a_path_label_csv_makes_the_same_shards_as_its_folder(tmp_path):
+    root = make_tree(tmp_path / "photos", {"Bags": 10, "Cups": 10})
+    listing = root / "photos.csv"
+    listing.write_text("path,label\n" + "".join(f"{p.parent.name}/{p.name},{p.parent.name}\n"
+                                                for p in sorted(root.rglob("*.jpg"))))
+    manifest = prepare_shards(_folder(listing, tmp_path / "cache"), str(tmp_path / "shards"), num_workers=1)
+    assert manifest.class_names == ["Bags", "Cups"] and sum(map(sum, manifest.counts.values())) == 20
+    (root / "bad.csv").write_text("path,label\nBags/img_000.jpg,Bags\nmissing.jpg,Cups\n")
+    with pytest.raises(DataError, match=r"bad.csv, line 3: missing.jpg is not a file"):
+        _folder(root / "bad.csv", tmp_path / "cache").setup("fit")
+
+
+def _flat(batches: list[list[str]]) -> list[str]:
+    return [d for batch in batches for d in batch]
+
+
+def _epoch(loader) -> list[list[str]]:
+    return [[_digest(image) for image in images] for images, _ in loader]
+
+
+def test_the_loader_resumes_mid_epoch_with_exactly_the_remaining_samples(tmp_path, photos):
+    prepare_shards(_folder(photos, tmp_path / "cache"), str(tmp_path / "shards"), num_workers=2)
+
+    def loader():
+        dm = StreamingDataModule(str(tmp_path / "shards"), image_size=SIZE, batch_size=4,
+                                 cache_dir=str(tmp_path / "cache"))
+        dm.setup("fit")
+        return dm.train_dataloader()
+
+    train = read_samples(str(tmp_path / "shards"), "train", ["Bags", "Cups", "Pens"])
+    every = sorted(_digest(torch.from_numpy(load_array(p, SIZE))) for p, _ in train)
+    whole = loader()
+    first, second = _epoch(whole), _epoch(whole)
+    assert sorted(_flat(first)) == sorted(_flat(second)) == every  # every photo once per epoch
+    assert first != second  # reshuffled
+    killed = loader()
+    _epoch(killed)
+    seen = []
+    for images, _ in killed:
+        seen.append([_digest(image) for image in images])
+        if len(seen) == 3:
+            break
+    state = killed.state_dict()
+    resumed = loader()
+    resumed.load_state_dict(state)
+    # as Lightning does: the epoch's remaining batches, without running the iterator to its end
+    rest = [[_digest(image) for image in images] for images, _ in
+            itertools.islice(resumed, len(second) - len(seen))]
+    assert seen + rest == second
+    assert _epoch(resumed) == _epoch(whole)  # then the next epoch, as the uninterrupted loader's
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def s3_server(monkeypatch):
+    """An S3-compatible server (moto) on 127.0.0.1 with an empty bucket; its endpoint URL."""
+    server_mod = pytest.importorskip("moto.server", reason="moto[server] is not installed (pip install "
+                                     "'moto[server]'): no S3-compatible server to test s3:// against")
+    boto3 = pytest.importorskip("boto3")
+    port = _free_port()
+    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}.items():
+        monkeypatch.setenv(key, value)
+    # litdata uploads through obstore, which refuses plain http (real S3 is https): allow it for moto
+    from litdata.streaming import downloader
+
+    monkeypatch.setitem(downloader._OBSTORE_CLIENT_OPTIONS, "allow_http", "true")
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="shop")
+    yield endpoint
+    server.stop()
+
+
+def test_shards_in_s3_are_written_and_streamed_through_litdatas_s3_client(tmp_path, photos, s3_server):
+    import boto3
+
+    options = {"endpoint_url": s3_server}
+    manifest = prepare_shards(_folder(photos, tmp_path / "cache"), "s3://shop/shards", num_workers=2,
+                              storage_options=options)
+    keys = {o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket="shop")["Contents"]}
+    assert {"shards/product_cnn.json", "shards/train/index.json", "shards/train.csv"} <= keys
+    assert not (tmp_path / "shards").exists()
+
+    dm = StreamingDataModule("s3://shop/shards", image_size=SIZE, batch_size=4,
+                             cache_dir=str(tmp_path / "cache"), storage_options=options)
+    dm.setup("fit")
+    assert dm.class_names == manifest.class_names
+    images = [image for batch, _ in dm.train_dataloader() for image in batch]
+    train = read_samples("s3://shop/shards", "train", manifest.class_names, options)
+    expected = sorted(_digest(torch.from_numpy(load_array(p, SIZE))) for p, _ in train)
+    assert sorted(map(_digest, images)) == expected
+    assert list((tmp_path / "cache" / "streaming" / "train").rglob("*.bin"))  # chunks came down to the cache
+
+
+def _rank_epochs(rank: int, world: int, port: int, shards: str, cache: str, out: str) -> None:
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                                         world_size=world)
+    dm = StreamingDataModule(shards, image_size=SIZE, batch_size=5, cache_dir=cache)  # 30 = 2 x 3 x 5
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    seen = {"train": [_epoch(loader) for _ in range(2)],
+            "test": [int(i) for _, _, index in dm.test_dataloader() for i in index]}
+    Path(out, f"rank{rank}.json").write_text(__import__("json").dumps(seen))
+    torch.distributed.destroy_process_group()
+
+
+def test_two_ranks_see_every_training_photo_once_per_epoch_and_every_test_photo_once(tmp_path, photos):
+    prepare_shards(_folder(photos, tmp_path / "cache"), str(tmp_path / "shards"), num_workers=2)
+    torch.multiprocessing.spawn(_rank_epochs, args=(2, _free_port(), str(tmp_path / "shards"),
+                                                    str(tmp_path / "cache"), str(tmp_path)), nprocs=2)
+    import json
+
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    train = read_samples(str(tmp_path / "shards"), "train", ["Bags", "Cups", "Pens"])
+    every = sorted(_digest(torch.from_numpy(load_array(p, SIZE))) for p, _ in train)
+    assert len(every) == 30
+    for epoch in range(2):
+        parts = [[d for batch in r["train"][epoch] for d in batch] for r in ranks]
+        assert len(parts[0]) == len(parts[1]) == 15  # the same number of steps on both ranks
+        assert sorted(parts[0] + parts[1]) == every  # together: every photo exactly once
+    assert ranks[0]["train"][0] != ranks[0]["train"][1]  # reshuffled per epoch
+    tested = sorted(ranks[0]["test"] + ranks[1]["test"])
+    test = read_samples(str(tmp_path / "shards"), "test", ["Bags", "Cups", "Pens"])
+    assert tested == list(range(len(test)))
