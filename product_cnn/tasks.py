@@ -178,11 +178,16 @@ def predict(cfg: DictConfig) -> int:
     OpenVINO ``.xml`` model, run without PyTorch), write CSV or JSON, return the failure count."""
     from product_cnn.data.cache import default_cache_dir
     from product_cnn.data.folder import expand_inputs
+    from product_cnn.data.streaming.photos import is_shards, shard_photos
     from product_cnn.inference.exported import ExportedPredictor, cached_export, is_exported
+    from product_cnn.inference.parts import predict_in_parts, rank_and_world
     from product_cnn.inference.results import save_predictions
 
     tune_malloc()
-    files = expand_inputs(cfg.inputs)
+    rank, world = rank_and_world(cfg.get("rank"), cfg.get("world_size"))
+    part_size = cfg.get("parts") or (10_000 if world > 1 else None)
+    shards = isinstance(cfg.inputs, str) and is_shards(cfg.inputs)  # a folder made by prepare_data.py
+    files = shard_photos(cfg.inputs) if shards else expand_inputs(cfg.inputs)
     ckpt_path = cfg.ckpt_path
     runtime = cfg.get("runtime", "torch")
     if runtime not in ("torch", "openvino"):
@@ -200,12 +205,17 @@ def predict(cfg: DictConfig) -> int:
     else:
         from product_cnn.inference.predictor import Predictor
 
-        predictor = Predictor.from_checkpoint(cfg.ckpt_path, cfg.device, cfg.batch_size, cfg.num_workers,
+        workers = 0 if shards else cfg.num_workers  # shard items are read in this process
+        predictor = Predictor.from_checkpoint(cfg.ckpt_path, cfg.device, cfg.batch_size, workers,
                                               cfg.get("tta", "none"), cfg.get("min_confidence"),
                                               cfg.get("target_accuracy"), cfg.get("unknown", True),
                                               cfg.get("precision", "32"))
-    log.info("Classifying %d file(s) with %s on %s (%s)", len(files), predictor.describe(cfg.ckpt_path),
-             predictor.device, predictor.gate.describe())
+    log.info("Classifying %d %s with %s on %s (%s)", len(files), "shard item(s)" if shards else "file(s)",
+             predictor.describe(cfg.ckpt_path), predictor.device, predictor.gate.describe())
+    if part_size:  # catalogue scale: this rank's parts, merged by the last rank to finish
+        log.info("In parts of %d photos: rank %d of %d", part_size, rank, world)
+        predict_in_parts(predictor, files, cfg.output, cfg.topk, part_size, rank, world, cfg.get("sort_into"))
+        return 0
     predictions = predictor.predict(files, topk=cfg.topk, progress=len(files) > cfg.batch_size)
     save_predictions(predictions, cfg.output, cfg.topk, cfg.get("sort_into"), predictor.gate)
     return sum(not p.ok for p in predictions)

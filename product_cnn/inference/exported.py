@@ -131,9 +131,11 @@ class ExportedPredictor:
     def describe(self, ckpt_path: str) -> str:
         return f"{ckpt_path} ({RUNTIMES[Path(self.model_path).suffix.lower()]})"
 
-    def _decode(self, path: str) -> tuple[np.ndarray | None, str]:
+    def _decode(self, path: Any) -> tuple[np.ndarray | None, str]:
         try:
-            return load_array(path, self.image_size, decode=self.decode), ""
+            if hasattr(path, "load_array"):  # an input that decodes itself (a shard item)
+                return path.load_array(self.image_size, self.decode), ""
+            return load_array(str(path), self.image_size, decode=self.decode), ""
         except ImageLoadError as err:
             return None, err.reason or str(err)
 
@@ -151,7 +153,7 @@ class ExportedPredictor:
         starts = range(0, len(images), self.batch_size)
         with ThreadPoolExecutor(self.workers) as pool:
             def submit(start: int) -> list:
-                return [pool.submit(self._decode, str(p)) for p in images[start:start + self.batch_size]]
+                return [pool.submit(self._decode, p) for p in images[start:start + self.batch_size]]
 
             pending = submit(0) if len(images) else []
             for start in starts:

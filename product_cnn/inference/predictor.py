@@ -76,6 +76,8 @@ class _InputDataset(Dataset):
         try:
             if isinstance(item, Image.Image):
                 return pil_to_tensor(item, self.image_size), ""
+            if hasattr(item, "load_array"):  # an input that decodes itself (a shard item)
+                return torch.from_numpy(item.load_array(self.image_size, self.decode)), ""
             return load_image(item, self.image_size, decode=self.decode), ""
         except ImageLoadError as err:
             return self.blank, err.reason or str(err)

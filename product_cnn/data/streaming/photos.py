@@ -1,0 +1,76 @@
+"""The photos of a shard folder as prediction inputs: ``predict.py inputs=<shards>`` classifies every
+item of every split, named by its photo's path in ``<split>.csv``."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from product_cnn.data.images import ImageSize, image_hw, load_array
+from product_cnn.data.streaming.location import exists, join
+from product_cnn.data.streaming.manifest import MANIFEST, read_manifest
+from product_cnn.errors import ImageLoadError
+
+
+def is_shards(location: Any, storage_options: dict[str, Any] | None = None) -> bool:
+    """True when ``location`` (a predict.py input) is a folder or prefix of finished shards."""
+    if not isinstance(location, str) or any(c in location for c in "*?["):
+        return False
+    return exists(join(location, MANIFEST), storage_options)
+
+
+class _Split:
+    """One split's litdata dataset (random access, one reader at a time) and its photo names."""
+
+    def __init__(self, location: str, split: str, storage_options: dict[str, Any] | None) -> None:
+        import csv
+        import io
+
+        from litdata import StreamingDataset
+
+        from product_cnn.data.streaming.location import read_text
+
+        self.dataset = StreamingDataset(join(location, split), storage_options=storage_options or {})
+        rows = csv.DictReader(io.StringIO(read_text(join(location, f"{split}.csv"), storage_options)))
+        self.names = [row["path"] for row in rows]
+        self.lock = threading.Lock()
+
+    def item(self, position: int) -> dict[str, Any]:
+        with self.lock:
+            return self.dataset[position]
+
+
+class ShardPhoto:
+    """One shard item; it decodes itself (``load_array``) and is named by its photo's path once read."""
+
+    def __init__(self, split: _Split, position: int, store: str, label: str) -> None:
+        self.split, self.position, self.store = split, position, store
+        self.name = f"{label}#{position}"  # until read: the split and the item's position
+
+    def __str__(self) -> str:
+        return self.name
+
+    def load_array(self, size: ImageSize, decode: str) -> np.ndarray:
+        item = self.split.item(self.position)
+        self.name = self.split.names[int(item["index"])]
+        if self.store == "bytes":
+            return load_array(np.asarray(item["image"]).tobytes(), size, name=self.name, decode=decode)
+        image = np.array(item["image"])
+        if tuple(image.shape[1:]) != image_hw(size):
+            raise ImageLoadError(self.name, f"the shards hold {image.shape[2]}x{image.shape[1]} images, the "
+                                            f"model takes {image_hw(size)[1]}x{image_hw(size)[0]}: make "
+                                            "shards at its size, or with store=bytes")
+        return image
+
+
+def shard_photos(location: str, storage_options: dict[str, Any] | None = None) -> Sequence[ShardPhoto]:
+    """Every item of the shards at ``location`` (train, val, test), in shard order."""
+    manifest = read_manifest(location, storage_options)
+    photos: list[ShardPhoto] = []
+    for split in manifest.splits:
+        reader = _Split(location, split, storage_options)
+        photos += [ShardPhoto(reader, i, manifest.store, split) for i in range(len(reader.dataset))]
+    return photos
