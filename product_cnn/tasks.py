@@ -136,7 +136,18 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     ckpt_path = str(Path(cfg.ckpt_path).expanduser())
     model = ProductClassifier.from_checkpoint_dict(checkpoint, name=f"checkpoint {ckpt_path}")
     model.tta = check_tta(cfg.get("tta", "none"))
-    datamodule = ProductDataModule.for_evaluation(checkpoint, cfg.get("data"), model.class_names)
+    saved = checkpoint.get("datamodule_hyper_parameters") or {}
+    data_cfg = cfg.get("data")
+    if "input_dir" in saved and not (data_cfg is not None and ("root" in data_cfg and data_cfg.root
+                                                               or "_target_" in data_cfg)):
+        from omegaconf import OmegaConf
+
+        from product_cnn.data.streaming.datamodule import StreamingDataModule
+
+        overrides = OmegaConf.to_container(data_cfg, resolve=True) if data_cfg is not None else None
+        datamodule = StreamingDataModule.from_checkpoint(checkpoint, overrides, model.class_names)
+    else:  # a folder: the checkpoint's own, another one (data.root=), or a whole data config
+        datamodule = ProductDataModule.for_evaluation(checkpoint, data_cfg, model.class_names)
     datamodule.prepare_data()
     datamodule.setup("test")
     results = build_trainer(cfg).test(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)

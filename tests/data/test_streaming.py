@@ -230,3 +230,47 @@ def test_two_ranks_see_every_training_photo_once_per_epoch_and_every_test_photo_
     tested = sorted(ranks[0]["test"] + ranks[1]["test"])
     test = read_samples(str(tmp_path / "shards"), "test", ["Bags", "Cups", "Pens"])
     assert tested == list(range(len(test)))
+
+
+def test_cli_prepare_train_and_eval_from_shards(tmp_path, photos):
+    import json
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO
+
+    def run(script: str, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(REPO / script), *args,
+                               f"paths.cache_dir={tmp_path / 'cache'}"],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=600)
+
+    shards = tmp_path / "shards"
+    made = run("prepare_data.py", f"data.root={photos}", f"output={shards}", "data.image_size=32",
+               f"hydra.run.dir={tmp_path / 'prep'}")
+    assert made.returncode == 0, made.stderr[-3000:]
+    log = (tmp_path / "prep" / "prepare_data.log").read_text()
+    assert "broken.jpg" in log and f"python train.py data=streaming data.input_dir={shards}" in log
+    trained = run("train.py", "data=streaming", f"data.input_dir={shards}", "data.image_size=32",
+                  "data.batch_size=8", "trainer.max_epochs=2", "trainer.accelerator=cpu",
+                  "trainer.precision=32-true", "callbacks.rich_progress_bar=null",
+                  "callbacks.model_summary=null",
+                  f"hydra.run.dir={tmp_path / 'run'}")
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    report = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    folder = _folder(photos, tmp_path / "cache")
+    folder.setup("fit")
+    assert report["split_sizes"] == {s: sum(c) for s, c in folder.counts().items()}  # as data=folder
+    rows = (tmp_path / "run" / "test_predictions.csv").read_text().splitlines()[1:]
+    tested = sorted(p.removeprefix(f"{photos}/") for p, _ in folder.split_samples["test"])
+    assert sorted(r.split(",")[0] for r in rows) == tested  # per-photo results name the files
+    best = next((tmp_path / "run" / "checkpoints").glob("epoch_*.ckpt"))
+    evaluated = run("eval.py", f"ckpt_path={best}", "trainer.accelerator=cpu", "trainer.precision=32-true",
+                    f"hydra.run.dir={tmp_path / 'eval'}")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    again = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert again["confusion_matrix"] == report["confusion_matrix"]  # the shards' test split, again
+    wrong = run("train.py", "data=streaming", f"data.input_dir={shards}", "data.image_size=64",
+                f"hydra.run.dir={tmp_path / 'wrong'}")
+    assert wrong.returncode == 2
+    assert wrong.stderr.strip().splitlines()[-1].startswith("error: the shards in") and \
+        "32x32 images, data.image_size=64" in wrong.stderr
