@@ -72,9 +72,12 @@ def prepare(args: argparse.Namespace) -> None:
           f"{size / n / 1024:.1f} KiB per photo")
 
 
-def _rss_mb() -> float:
-    proc = psutil.Process()
-    return (proc.memory_info().rss + sum(c.memory_info().rss for c in proc.children(recursive=True))) / 2**20
+def _memory_mb() -> tuple[float, float]:
+    """(resident, unique) MiB of this process and its children: unique (USS) leaves out file pages
+    mapped from the shards, which the kernel can drop at any time."""
+    procs = [psutil.Process(), *psutil.Process().children(recursive=True)]
+    infos = [p.memory_full_info() for p in procs]
+    return sum(i.rss for i in infos) / 2**20, sum(i.uss for i in infos) / 2**20
 
 
 def loader(args: argparse.Namespace) -> None:
@@ -96,15 +99,17 @@ def loader(args: argparse.Namespace) -> None:
     for i, (images, _) in enumerate(train):
         seen += len(images)
         if (i + 1) % max(1, batches // 10) == 0:
-            rss.append(_rss_mb())
+            rss.append(_memory_mb())
             tenths.append(seen / (time.perf_counter() - start))
     seconds = time.perf_counter() - start
     where = f" ({Path(args.shards).name})" if args.data == "streaming" else " (warm cache)"
     label = f"data={args.data}{where}"
     print(f"loader {label}, batch {args.batch}, {args.workers} workers: {seen} photos in {seconds:.1f} s = "
           f"{seen / seconds:.0f} photos/s")
-    print(f"resident memory (MiB) at each tenth: {' '.join(f'{m:.0f}' for m in rss)}; first to last tenth "
-          f"{(rss[-1] / rss[0] - 1) * 100:+.1f}%")
+    for name, k in (("resident (RSS)", 0), ("unique (USS)", 1)):
+        values = [m[k] for m in rss]
+        print(f"{name} memory (MiB) at each tenth: {' '.join(f'{v:.0f}' for v in values)}; first to last "
+              f"tenth {(values[-1] / values[0] - 1) * 100:+.1f}%")
 
 
 def _train_cmd(args: argparse.Namespace, extra: list[str]) -> list[str]:
@@ -118,8 +123,8 @@ def _train_cmd(args: argparse.Namespace, extra: list[str]) -> list[str]:
     return [sys.executable, str(REPO / "train.py"), *data, *model, f"data.image_size={args.size}",
             f"data.batch_size={args.batch}", f"data.num_workers={args.workers}",
             f"paths.cache_dir={args.cache}", "trainer.max_epochs=1",
-            f"trainer.limit_train_batches={args.steps}", "trainer.limit_val_batches=0",
-            "trainer.num_sanity_val_steps=0", "test=false", "confidence.fit=false",
+            f"+trainer.limit_train_batches={args.steps}", "+trainer.limit_val_batches=0",
+            "+trainer.num_sanity_val_steps=0", "test=false", "confidence.fit=false",
             "callbacks.rich_progress_bar=null", "callbacks.model_summary=null",
             "+callbacks.step_timer._target_=step_timer.StepTimer",
             f"+callbacks.step_timer.out={args.timer_out}", *extra]
