@@ -138,8 +138,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     model.tta = check_tta(cfg.get("tta", "none"))
     saved = checkpoint.get("datamodule_hyper_parameters") or {}
     data_cfg = cfg.get("data")
-    if "input_dir" in saved and not (data_cfg is not None and ("root" in data_cfg and data_cfg.root
-                                                               or "_target_" in data_cfg)):
+    other_folder = data_cfg is not None and (bool(data_cfg.get("root")) or "_target_" in data_cfg)
+    if "input_dir" in saved and not other_folder:  # trained from shards: their test split
         from omegaconf import OmegaConf
 
         from product_cnn.data.streaming.datamodule import StreamingDataModule
