@@ -143,8 +143,22 @@ def train(args: argparse.Namespace, extra: list[str] | None = None, label: str =
     first, rate = Path(args.timer_out).read_text().split()
     print(f"train {label or args.data} model={args.model} {args.size}px batch {args.batch}, "
           f"{args.workers} workers: {float(rate):.3f} steps/s = {float(rate) * args.batch:.1f} photos/s "
-          f"(steps 6-{args.steps}); "
+          f"(steps after the 5th of {args.steps}); "
           f"first step after {float(first):.1f} s, process {wall:.0f} s")
+
+
+def memory(args: argparse.Namespace) -> None:
+    """Resident memory of train.py over one whole training epoch (every tenth)."""
+    out = Path(args.timer_out).with_suffix(".memory")
+    out.unlink(missing_ok=True)
+    steps, args.steps = args.steps, "1.0"
+    train(args, [f"+callbacks.step_timer.memory_out={out}"], label=f"{args.data}, one whole epoch")
+    args.steps = steps
+    values = [tuple(map(float, v.split("/"))) for v in out.read_text().split()]
+    for name, k in (("resident (RSS)", 0), ("unique (USS)", 1)):
+        column = [v[k] for v in values]
+        print(f"train.py {name} memory (MiB) at each tenth: {' '.join(f'{c:.0f}' for c in column)}; "
+              f"first to last tenth {(column[-1] / column[0] - 1) * 100:+.1f}%")
 
 
 def ddp(args: argparse.Namespace) -> None:
@@ -155,7 +169,7 @@ def ddp(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("section", choices=["decode", "prepare", "loader", "train", "ddp"])
+    parser.add_argument("section", choices=["decode", "prepare", "loader", "train", "memory", "ddp"])
     parser.add_argument("--photos", default="/work/catalogue")
     parser.add_argument("--shards", default="/work/shards256")
     parser.add_argument("--out", default="/work/shards256")
@@ -173,7 +187,9 @@ def main() -> None:
     parser.add_argument("--timer-out", default="/tmp/step_timer.txt")
     args = parser.parse_args()
     print(machine())
-    {"decode": decode, "prepare": prepare, "loader": loader, "train": train, "ddp": ddp}[args.section](args)
+    sections = {"decode": decode, "prepare": prepare, "loader": loader, "train": train, "memory": memory,
+                "ddp": ddp}
+    sections[args.section](args)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ find_label_issues, import_keras, serve. Each is a recipe of calls into the sub-p
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -217,7 +218,13 @@ def predict(cfg: DictConfig) -> int:
         from product_cnn.inference.predictor import Predictor
 
         workers = 0 if shards else cfg.num_workers  # shard items are read in this process
-        predictor = Predictor.from_checkpoint(cfg.ckpt_path, cfg.device, cfg.batch_size, workers,
+        device = str(cfg.device)
+        if world > 1 and device in ("auto", "cuda") and "LOCAL_RANK" in os.environ:
+            import torch  # one GPU per process, as torchrun numbers them
+
+            if torch.cuda.is_available():
+                device = f"cuda:{int(os.environ['LOCAL_RANK']) % torch.cuda.device_count()}"
+        predictor = Predictor.from_checkpoint(cfg.ckpt_path, device, cfg.batch_size, workers,
                                               cfg.get("tta", "none"), cfg.get("min_confidence"),
                                               cfg.get("target_accuracy"), cfg.get("unknown", True),
                                               cfg.get("precision", "32"))

@@ -232,6 +232,7 @@ def test_two_ranks_see_every_training_photo_once_per_epoch_and_every_test_photo_
     assert tested == list(range(len(test)))
 
 
+@pytest.mark.slow  # about 60 s: four commands
 def test_cli_prepare_train_and_eval_from_shards(tmp_path, photos):
     import json
     import subprocess

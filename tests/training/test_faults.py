@@ -209,6 +209,7 @@ def test_resume_with_ckpt_path_last_finds_the_newest_run(tmp_path, photos, train
         find_last_checkpoint(tmp_path / "empty")
 
 
+@pytest.mark.slow  # about 45 s: three training runs
 def test_streaming_killed_mid_epoch_resumes_with_the_remaining_samples(tmp_path, photos):
     from product_cnn.data.datamodule import ProductDataModule
     from product_cnn.data.streaming.prepare import prepare_shards
