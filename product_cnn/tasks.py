@@ -71,6 +71,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     from product_cnn.data.datamodule import ProductDataModule
     from product_cnn.data.folder import scan_tree
+    from product_cnn.data.listing import is_listing, scan_listing
     from product_cnn.evaluation.cv import sweep_of, write_cv_summary
     from product_cnn.evaluation.sweep import check_optimized_metric, in_multirun
     from product_cnn.models.summary import format_summary, summarize_network
@@ -91,7 +92,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule.prepare_data()
     if cfg.get("summary_only"):  # the model's table for these classes, no data check, no training
         if isinstance(datamodule, ProductDataModule):
-            classes = scan_tree(datamodule.hparams.root, datamodule.hparams.classes).class_names
+            hp = datamodule.hparams
+            scan = scan_listing if is_listing(hp.root) else scan_tree
+            classes = scan(hp.root, hp.classes).class_names
         else:  # shards: their manifest
             datamodule.setup("fit")
             classes = datamodule.class_names

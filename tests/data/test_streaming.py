@@ -212,6 +212,7 @@ def _rank_epochs(rank: int, world: int, port: int, shards: str, cache: str, out:
     torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow  # about 20 s: two processes
 def test_two_ranks_see_every_training_photo_once_per_epoch_and_every_test_photo_once(tmp_path, photos):
     prepare_shards(_folder(photos, tmp_path / "cache"), str(tmp_path / "shards"), num_workers=2)
     torch.multiprocessing.spawn(_rank_epochs, args=(2, _free_port(), str(tmp_path / "shards"),

@@ -32,6 +32,7 @@ def _rows(path: Path) -> list[dict[str, str]]:
     return list(csv.DictReader(path.open()))
 
 
+@pytest.mark.slow  # about 20 s: three predict.py processes
 def test_two_processes_classify_disjoint_parts_and_merge_to_the_one_process_result(tiny_run, tmp_path):
     root, best = tiny_run["root"], tiny_run["best"]
     # batches of 7 on both sides: the same batches give the same bits (other batch shapes differ in
