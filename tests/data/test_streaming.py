@@ -89,6 +89,12 @@ def test_an_interrupted_run_resumes_and_other_photos_are_refused(tmp_path, photo
     again = prepare_shards(_folder(photos, tmp_path / "cache"), str(out), num_workers=2)
     assert again == first
     assert (out / "train" / "index.json").stat().st_mtime_ns == train_index  # finished split kept
+    # killed after val's chunks, before litdata's index.json (written last), or before val.csv
+    for gone in ("val/index.json", "val.csv"):
+        (out / "product_cnn.json").unlink()
+        (out / gone).unlink()
+        assert prepare_shards(_folder(photos, tmp_path / "cache"), str(out), num_workers=2) == first
+        assert len(ShardDataset(str(out / "val"), "image", SIZE)) == sum(first.counts["val"])
     assert prepare_shards(_folder(photos, tmp_path / "cache"), str(out)) == first  # complete: nothing redone
     other = make_tree(tmp_path / "other", {"Bags": 6, "Cups": 6})
     with pytest.raises(DataError, match="already holds other shards"):

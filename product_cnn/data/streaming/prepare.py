@@ -117,8 +117,10 @@ def prepare_shards(datamodule: ProductDataModule, output: str, store: str = "ima
         if not samples:
             continue
         where = join(output, split)
-        if exists(join(where, "index.json"), storage_options) and exists(join(output, f"{split}.csv"),
-                                                                           storage_options):
+        rows = [(p, names[label], fold_of.get(p)) for p, label in samples]
+        if exists(join(where, "index.json"), storage_options):  # litdata writes it last
+            if not exists(join(output, f"{split}.csv"), storage_options):
+                write_samples(output, split, rows, storage_options)
             log.info("%s: already written, kept", split)
             continue
         start = time.perf_counter()
@@ -130,8 +132,7 @@ def prepare_shards(datamodule: ProductDataModule, output: str, store: str = "ima
                  reorder_files=False, storage_options=storage_options or {}, verbose=False,
                  start_method="fork")
         seconds = time.perf_counter() - start
-        write_samples(output, split, [(p, names[label], fold_of.get(p)) for p, label in samples],
-                      storage_options)
+        write_samples(output, split, rows, storage_options)
         log.info("%s: %d photos in %.1f s (%.0f photos/s, %d workers)", split, len(samples), seconds,
                  len(samples) / seconds, min(workers, len(samples)))
     bad = [[b.path, str(b.error)] for b in (dm.check.bad if dm.check is not None else [])]
