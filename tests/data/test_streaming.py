@@ -282,3 +282,21 @@ def test_cli_prepare_train_and_eval_from_shards(tmp_path, photos):
     assert wrong.returncode == 2
     assert wrong.stderr.strip().splitlines()[-1].startswith("error: the shards in") and \
         "32x32 images, data.image_size=64" in wrong.stderr
+
+
+def test_presets_compose_with_streaming_and_unknown_options_are_refused(tmp_path, photos, caplog):
+    from hydra.utils import instantiate
+
+    from tests.helpers import compose_cfg
+
+    prepare_shards(_folder(photos, tmp_path / "cache"), str(tmp_path / "shards"), num_workers=1)
+    overrides = ["experiment=finetune", "data=streaming", f"data.input_dir={tmp_path / 'shards'}"]
+    cfg = compose_cfg("train", overrides, tmp_path / "run", tmp_path / "cache")
+    with caplog.at_level("INFO"):
+        dm = instantiate(cfg.data, _convert_="all")  # the preset's data.root and val_fraction
+    assert isinstance(dm, StreamingDataModule) and dm.hparams.image_size == 224
+    assert "data.root, data.val_fraction ignored" in caplog.text
+    with pytest.raises(DataError, match=r"data=streaming has no option data\.valfraction"):
+        StreamingDataModule(str(tmp_path / "shards"), valfraction=0.1)
+    with pytest.raises(DataError, match=r"hold 32x32 images, data\.image_size=224"):
+        dm.setup("fit")

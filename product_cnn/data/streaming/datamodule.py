@@ -24,6 +24,11 @@ from product_cnn.errors import DataError
 log = logging.getLogger(__name__)
 
 BALANCES = ("none", "weighted_loss")
+# data=folder's options that the shards fixed when they were made (presets such as
+# experiment=finetune set some): accepted and ignored, with a line in the log
+FIXED_BY_THE_SHARDS = {"root", "demo", "val_fraction", "test_fraction", "split_seed", "folds", "fold",
+                       "relabel", "extra", "cache", "cache_memory_mb", "check", "skip_bad_images",
+                       "group_duplicates", "test_all", "demo_images_per_class", "demo_seed"}
 
 
 class StreamingDataModule(DeviceBatches, L.LightningDataModule):
@@ -56,8 +61,16 @@ class StreamingDataModule(DeviceBatches, L.LightningDataModule):
         cutmix_alpha: float = 0.0,
         checkpoint_every_n_steps: int | None = None,
         classes: Sequence[str] | None = None,
+        **folder_options: Any,
     ) -> None:
         super().__init__()
+        unknown = sorted(set(folder_options) - FIXED_BY_THE_SHARDS)
+        if unknown:
+            raise DataError(f"data=streaming has no option {', '.join(f'data.{k}' for k in unknown)}")
+        if folder_options:
+            log.info("The shards fixed the photos and their split when they were made: %s ignored "
+                     "(make shards with them: prepare_data.py)",
+                     ", ".join(f"data.{k}" for k in sorted(folder_options)))
         if not input_dir:
             raise DataError("no shards given: set data.input_dir=<folder or s3://bucket/prefix> "
                             "(make them with python prepare_data.py)")
@@ -75,7 +88,7 @@ class StreamingDataModule(DeviceBatches, L.LightningDataModule):
         self.augment = build_augment(augment, image_size)
         build_mix(mixup_alpha, cutmix_alpha, num_classes=2)
         classes = list(classes) if classes is not None else None
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=list(folder_options))
         self.manifest: Manifest | None = None
         self.split_samples: dict[str, list[Sample]] = {}
         self.check = None  # the photos were checked when the shards were made (manifest.bad)
