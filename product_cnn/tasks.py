@@ -235,8 +235,9 @@ def predict(cfg: DictConfig) -> int:
              predictor.describe(cfg.ckpt_path), predictor.device, predictor.gate.describe())
     if part_size:  # catalogue scale: this rank's parts, merged by the last rank to finish
         log.info("In parts of %d photos: rank %d of %d", part_size, rank, world)
-        predict_in_parts(predictor, files, cfg.output, cfg.topk, part_size, rank, world, cfg.get("sort_into"))
-        return 0
+        _, failed = predict_in_parts(predictor, files, cfg.output, cfg.topk, part_size, rank, world,
+                                     cfg.get("sort_into"))
+        return failed
     predictions = predictor.predict(files, topk=cfg.topk, progress=len(files) > cfg.batch_size)
     save_predictions(predictions, cfg.output, cfg.topk, cfg.get("sort_into"), predictor.gate)
     return sum(not p.ok for p in predictions)

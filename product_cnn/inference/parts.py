@@ -53,9 +53,11 @@ def _plan(inputs: Sequence[Any], part_size: int, topk: int) -> dict[str, Any]:
 
 
 def predict_in_parts(predictor: Any, inputs: Sequence[Any], output: str | Path, topk: int, part_size: int,
-                     rank: int = 0, world_size: int = 1, sort_dir: str | Path | None = None) -> Path | None:
+                     rank: int = 0, world_size: int = 1, sort_dir: str | Path | None = None
+                     ) -> tuple[Path | None, int]:
     """Classify this rank's parts of ``inputs`` (skipping finished ones); merge when every part is
-    done. Returns the merged file, or None while other ranks are still working."""
+    done. Returns (the merged file, or None while other ranks are still working; the number of
+    photos this call could not read)."""
     if part_size < 1:
         raise ProductCNNError(f"parts={part_size}: give the number of photos per part (e.g. 10000)")
     output = Path(output)
@@ -77,6 +79,7 @@ def predict_in_parts(predictor: Any, inputs: Sequence[Any], output: str | Path, 
     if done:
         log.info("Rank %d: %d of its %d part(s) already done in %s, kept", rank, len(done), len(mine),
                  directory)
+    unreadable = 0
     for i in mine:
         path = part_path(directory, i)
         if path.is_file():
@@ -87,14 +90,15 @@ def predict_in_parts(predictor: Any, inputs: Sequence[Any], output: str | Path, 
         if sort_dir:
             sort_into(predictions, sort_dir)
         failed = sum(not p.ok for p in predictions)
+        unreadable += failed
         log.info("Rank %d: part %d of %d (%d photos, %d unreadable) -> %s", rank, i + 1, plan["parts"],
                  len(chunk), failed, path)
     missing = [i for i in range(plan["parts"]) if not part_path(directory, i).is_file()]
     if missing:
         log.info("Rank %d done; %d part(s) of other ranks still to come: the last rank to finish writes %s",
                  rank, len(missing), output)
-        return None
-    return merge_parts(directory, plan["parts"], output)
+        return None, unreadable
+    return merge_parts(directory, plan["parts"], output), unreadable
 
 
 def merge_parts(directory: Path, parts: int, output: Path) -> Path:

@@ -83,7 +83,7 @@ def test_a_restart_keeps_finished_parts_and_other_inputs_are_refused(tiny_run, t
         predict_in_parts(interrupted, files, out, 3, part_size=25)
     assert interrupted.seen == 50 and not out.exists()
     again = _Counting(predictor)
-    assert predict_in_parts(again, files, out, 3, part_size=25) == out
+    assert predict_in_parts(again, files, out, 3, part_size=25) == (out, 0)
     assert again.seen == 10  # only the part that was not finished
     assert len(_rows(out)) == 60 and [r["path"] for r in _rows(out)] == files
     with pytest.raises(ProductCNNError, match="parts of other inputs"):
