@@ -201,6 +201,9 @@ def predict(cfg: DictConfig) -> int:
     tune_malloc()
     rank, world = rank_and_world(cfg.get("rank"), cfg.get("world_size"))
     part_size = cfg.get("parts") or (10_000 if world > 1 else None)
+    if world > 1 and str(Path(cfg.output).parent) == str(Path(cfg.paths.output_dir)):
+        raise ProductCNNError(f"{world} processes each have their own run folder: give them one output, "
+                              "e.g. output=/shared/predictions.csv")
     shards = isinstance(cfg.inputs, str) and is_shards(cfg.inputs)  # a folder made by prepare_data.py
     files = shard_photos(cfg.inputs) if shards else expand_inputs(cfg.inputs)
     ckpt_path = cfg.ckpt_path
