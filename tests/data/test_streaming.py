@@ -185,6 +185,7 @@ def s3_server(monkeypatch):
     server.stop()
 
 
+@pytest.mark.slow  # keeps the default suite under 10 minutes
 def test_shards_in_s3_are_written_and_streamed_through_litdatas_s3_client(tmp_path, photos, s3_server):
     import boto3
 
@@ -284,6 +285,7 @@ def test_cli_prepare_train_and_eval_from_shards(tmp_path, photos):
         "32x32 images, data.image_size=64" in wrong.stderr
 
 
+@pytest.mark.slow  # keeps the default suite under 10 minutes
 def test_presets_compose_with_streaming_and_unknown_options_are_refused(tmp_path, photos, caplog):
     from hydra.utils import instantiate
 
