@@ -1,5 +1,6 @@
-"""What happens to a batch once it reaches the training device, for every data module: augmentation
-(training batches only, a new draw per image), uint8 -> float in [0, 1], then MixUp / CutMix."""
+"""What every data module shares: its split table, class weights and the network's arguments
+(from ``counts()``), and what happens to a batch once it reaches the training device:
+augmentation (training batches only, a new draw per image), uint8 -> float in [0, 1], MixUp / CutMix."""
 
 from __future__ import annotations
 
@@ -8,7 +9,45 @@ from typing import Any
 
 import torch
 
+from product_cnn.data.folder import SPLITS
 from product_cnn.data.images import to_unit_float
+from product_cnn.errors import DataError
+
+
+class CountedSplits:
+    """Mixed into a data module with ``class_names``, ``counts()`` (photos per class per split) and
+    ``hparams.balance``."""
+
+    class_names: list[str]
+
+    def counts(self) -> dict[str, list[int]]:
+        raise NotImplementedError
+
+    def model_args(self) -> dict[str, Any]:
+        """What the network needs from the data: the class names and, with
+        ``balance=weighted_loss``, the loss weights."""
+        args: dict[str, Any] = {"class_names": self.class_names}
+        if self.hparams.balance == "weighted_loss":
+            args["class_weights"] = self.class_weights().tolist()
+        return args
+
+    def class_weights(self) -> torch.Tensor:
+        """Inverse-frequency weights of the training split, ``n / (classes * n_c)`` (mean 1 per photo)."""
+        counts = torch.tensor(self.counts()["train"], dtype=torch.float64)
+        if (counts == 0).any():
+            missing = [n for n, c in zip(self.class_names, counts.tolist(), strict=True) if c == 0]
+            raise DataError(f"no training images for class(es) {', '.join(missing)}")
+        return (counts.sum() / (len(counts) * counts)).float()
+
+    def summary(self) -> str:
+        """A small per-class, per-split table of image counts."""
+        counts = self.counts()
+        width = max(len(n) for n in [*self.class_names, "class", "total"])
+        lines = [f"  {'class':<{width}} " + " ".join(f"{s:>6}" for s in SPLITS)]
+        for i, name in enumerate(self.class_names):
+            lines.append(f"  {name:<{width}} " + " ".join(f"{counts[s][i]:>6}" for s in SPLITS))
+        lines.append(f"  {'total':<{width}} " + " ".join(f"{sum(counts[s]):>6}" for s in SPLITS))
+        return "\n".join(lines)
 
 
 class DeviceBatches:

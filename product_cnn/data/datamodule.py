@@ -15,7 +15,7 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
 from product_cnn.data.augment import build_augment, build_mix
-from product_cnn.data.batches import DeviceBatches
+from product_cnn.data.batches import CountedSplits, DeviceBatches
 from product_cnn.data.cache import DecodedImageCache, default_cache_dir
 from product_cnn.data.check import TreeCheck, check_report, check_tree
 from product_cnn.data.dataset import ImageListDataset
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 BALANCES = ("none", "weighted_loss", "sampler")
 
 
-class ProductDataModule(DeviceBatches, L.LightningDataModule):
+class ProductDataModule(CountedSplits, DeviceBatches, L.LightningDataModule):
     """Product photos from ``root`` in either layout (see :mod:`product_cnn.data.folder`), or listed in
     a ``path,label`` CSV (``root=photos.csv``, see :mod:`product_cnn.data.listing`).
 
@@ -289,22 +289,6 @@ class ProductDataModule(DeviceBatches, L.LightningDataModule):
                 "NOT kept together (data.group_duplicates=false)"
             log.info("Near-duplicates: %d group(s) of %d photos, %s", len(check.groups), photos, kept)
 
-    def model_args(self) -> dict[str, Any]:
-        """What the network needs from the data: the class names and, with
-        ``balance=weighted_loss``, the loss weights."""
-        args: dict[str, Any] = {"class_names": self.class_names}
-        if self.hparams.balance == "weighted_loss":
-            args["class_weights"] = self.class_weights().tolist()
-        return args
-
-    def class_weights(self) -> torch.Tensor:
-        """Inverse-frequency weights of the training split, ``n / (classes * n_c)`` (mean 1 per photo)."""
-        counts = torch.tensor(self.counts()["train"], dtype=torch.float64)
-        if (counts == 0).any():
-            missing = [n for n, c in zip(self.class_names, counts.tolist(), strict=True) if c == 0]
-            raise DataError(f"no training images for class(es) {', '.join(missing)}")
-        return (counts.sum() / (len(counts) * counts)).float()
-
     def counts(self) -> dict[str, list[int]]:
         """Images per class for each split: ``{"train": [n_class0, ...], ...}``."""
         out = {}
@@ -314,16 +298,6 @@ class ProductDataModule(DeviceBatches, L.LightningDataModule):
                 per_class[label] += 1
             out[split] = per_class
         return out
-
-    def summary(self) -> str:
-        """A small per-class, per-split table of image counts."""
-        counts = self.counts()
-        width = max(len(n) for n in [*self.class_names, "class", "total"])
-        lines = [f"  {'class':<{width}} " + " ".join(f"{s:>6}" for s in SPLITS)]
-        for i, name in enumerate(self.class_names):
-            lines.append(f"  {name:<{width}} " + " ".join(f"{counts[s][i]:>6}" for s in SPLITS))
-        lines.append(f"  {'total':<{width}} " + " ".join(f"{sum(counts[s]):>6}" for s in SPLITS))
-        return "\n".join(lines)
 
     def dataset(self, split: str) -> ImageListDataset:
         """The dataset for ``split`` (one of train, val, test)."""

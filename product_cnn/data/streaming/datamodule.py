@@ -8,10 +8,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
-import torch
 
 from product_cnn.data.augment import build_augment, build_mix
-from product_cnn.data.batches import DeviceBatches
+from product_cnn.data.batches import CountedSplits, DeviceBatches
 from product_cnn.data.cache import default_cache_dir
 from product_cnn.data.folder import SPLITS, Sample
 from product_cnn.data.images import check_decode
@@ -31,7 +30,7 @@ FIXED_BY_THE_SHARDS = {"root", "demo", "val_fraction", "test_fraction", "split_s
                        "group_duplicates", "test_all", "demo_images_per_class", "demo_seed"}
 
 
-class StreamingDataModule(DeviceBatches, L.LightningDataModule):
+class StreamingDataModule(CountedSplits, DeviceBatches, L.LightningDataModule):
     """The shards at ``input_dir`` (a folder or ``s3://bucket/prefix``), streamed by litdata.
 
     Every rank (and loader worker) reads its own part of each split; the training split is shuffled
@@ -143,28 +142,6 @@ class StreamingDataModule(DeviceBatches, L.LightningDataModule):
     def counts(self) -> dict[str, list[int]]:
         zeros = [0] * len(self.class_names)
         return {split: list(self.manifest.counts.get(split, zeros)) for split in SPLITS}
-
-    def summary(self) -> str:
-        counts = self.counts()
-        width = max(len(n) for n in [*self.class_names, "class", "total"])
-        lines = [f"  {'class':<{width}} " + " ".join(f"{s:>6}" for s in SPLITS)]
-        for i, name in enumerate(self.class_names):
-            lines.append(f"  {name:<{width}} " + " ".join(f"{counts[s][i]:>6}" for s in SPLITS))
-        lines.append(f"  {'total':<{width}} " + " ".join(f"{sum(counts[s]):>6}" for s in SPLITS))
-        return "\n".join(lines)
-
-    def class_weights(self) -> torch.Tensor:
-        counts = torch.tensor(self.counts()["train"], dtype=torch.float64)
-        if (counts == 0).any():
-            missing = [n for n, c in zip(self.class_names, counts.tolist(), strict=True) if c == 0]
-            raise DataError(f"no training images for class(es) {', '.join(missing)}")
-        return (counts.sum() / (len(counts) * counts)).float()
-
-    def model_args(self) -> dict[str, Any]:
-        args: dict[str, Any] = {"class_names": self.class_names}
-        if self.hparams.balance == "weighted_loss":
-            args["class_weights"] = self.class_weights().tolist()
-        return args
 
     def dataset(self, split: str, shuffle: bool = False) -> ShardDataset:
         """The streaming dataset of ``split``; ``shuffle``: a new order every epoch (training)."""
