@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 from litdata import StreamingDataset
 
-from product_cnn.data.images import load_array
+from product_cnn.data.streaming.photos import item_array
 
 
 class ShardDataset(StreamingDataset):
@@ -35,11 +34,8 @@ class ShardDataset(StreamingDataset):
 
     def __getitem__(self, index: Any) -> tuple[torch.Tensor, int] | tuple[torch.Tensor, int, int]:
         item = super().__getitem__(index)
-        image = item["image"]
-        if self.store == "bytes":
-            name = f"shard item {item['index']}"
-            image = load_array(np.asarray(image).tobytes(), self.image_size, name=name, decode=self.decode)
-        tensor = torch.from_numpy(np.array(image))  # a copy: litdata hands out read-only views
+        image = item_array(item, self.store, self.image_size, self.decode, f"shard item {item['index']}")
+        tensor = torch.from_numpy(image)
         if self.with_index:
             return tensor, int(item["label"]), int(item["index"])
         return tensor, int(item["label"])

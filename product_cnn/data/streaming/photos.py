@@ -11,7 +11,7 @@ import numpy as np
 
 from product_cnn.data.images import ImageSize, image_hw, load_array
 from product_cnn.data.streaming.location import exists, join
-from product_cnn.data.streaming.manifest import MANIFEST, read_manifest
+from product_cnn.data.streaming.manifest import MANIFEST, read_manifest, read_samples
 from product_cnn.errors import ImageLoadError
 
 
@@ -22,20 +22,24 @@ def is_shards(location: Any, storage_options: dict[str, Any] | None = None) -> b
     return exists(join(location, MANIFEST), storage_options)
 
 
+def item_array(item: dict[str, Any], store: str, image_size: int, decode: str, name: str) -> np.ndarray:
+    """The ``(3, H, W)`` uint8 image of a stored item: its photo file decoded exactly as
+    ``data=folder`` decodes it (``store="bytes"``), or a copy of the stored image (litdata hands out
+    read-only views)."""
+    if store == "bytes":
+        return load_array(np.asarray(item["image"]).tobytes(), image_size, name=name, decode=decode)
+    return np.array(item["image"])
+
+
 class _Split:
     """One split's litdata dataset (random access, one reader at a time) and its photo names."""
 
-    def __init__(self, location: str, split: str, storage_options: dict[str, Any] | None) -> None:
-        import csv
-        import io
-
+    def __init__(self, location: str, split: str, class_names: list[str],
+                 storage_options: dict[str, Any] | None) -> None:
         from litdata import StreamingDataset
 
-        from product_cnn.data.streaming.location import read_text
-
         self.dataset = StreamingDataset(join(location, split), storage_options=storage_options or {})
-        rows = csv.DictReader(io.StringIO(read_text(join(location, f"{split}.csv"), storage_options)))
-        self.names = [row["path"] for row in rows]
+        self.names = [path for path, _ in read_samples(location, split, class_names, storage_options)]
         self.lock = threading.Lock()
 
     def item(self, position: int) -> dict[str, Any]:
@@ -56,10 +60,8 @@ class ShardPhoto:
     def load_array(self, size: ImageSize, decode: str) -> np.ndarray:
         item = self.split.item(self.position)
         self.name = self.split.names[int(item["index"])]
-        if self.store == "bytes":
-            return load_array(np.asarray(item["image"]).tobytes(), size, name=self.name, decode=decode)
-        image = np.array(item["image"])
-        if tuple(image.shape[1:]) != image_hw(size):
+        image = item_array(item, self.store, size, decode, self.name)
+        if self.store == "image" and tuple(image.shape[1:]) != image_hw(size):
             raise ImageLoadError(self.name, f"the shards hold {image.shape[2]}x{image.shape[1]} images, the "
                                             f"model takes {image_hw(size)[1]}x{image_hw(size)[0]}: make "
                                             "shards at its size, or with store=bytes")
@@ -71,6 +73,6 @@ def shard_photos(location: str, storage_options: dict[str, Any] | None = None) -
     manifest = read_manifest(location, storage_options)
     photos: list[ShardPhoto] = []
     for split in manifest.splits:
-        reader = _Split(location, split, storage_options)
+        reader = _Split(location, split, manifest.class_names, storage_options)
         photos += [ShardPhoto(reader, i, manifest.store, split) for i in range(len(reader.dataset))]
     return photos
