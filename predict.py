@@ -5,7 +5,8 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from product_cnn.tasks import predict, run
+from product_cnn.cli import run
+from product_cnn.tasks import predict
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="predict")

@@ -4,7 +4,8 @@
 import hydra
 from omegaconf import DictConfig
 
-from product_cnn.tasks import prepare_data, run
+from product_cnn.cli import run
+from product_cnn.tasks import prepare_data
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="prepare_data")

@@ -3,7 +3,8 @@
 import hydra
 from omegaconf import DictConfig
 
-from product_cnn.tasks import run, serve
+from product_cnn.cli import run
+from product_cnn.tasks import serve
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="serve")

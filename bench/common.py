@@ -43,7 +43,7 @@ def machine() -> str:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    from product_cnn.training.precision import cpu_flags
+    from product_cnn.models.precision import cpu_flags
 
     wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
     flags = " ".join(f for f in wanted if f in cpu_flags()) or "none of avx2/avx512/amx"

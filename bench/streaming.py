@@ -64,7 +64,8 @@ def prepare(args: argparse.Namespace) -> None:
     print(f"scan + check + split: {time.perf_counter() - start:.1f} s")
     n = sum(len(s) for s in dm.split_samples.values())
     start = time.perf_counter()
-    prepare_shards(dm, args.out, store=args.store, num_workers=args.optimize_workers, folds=None)
+    prepare_shards(dm.photos, args.out, image_size=dm.hparams.image_size, decode=dm.hparams.decode,
+                   store=args.store, num_workers=args.optimize_workers, folds=None)
     seconds = time.perf_counter() - start
     size = sum(p.stat().st_size for p in Path(args.out).rglob("*.bin"))
     print(f"optimize store={args.store} {args.size}px, {args.optimize_workers} workers: {n} photos in "

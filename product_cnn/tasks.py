@@ -1,162 +1,71 @@
 """What the entry points run: train, evaluate, check_data, prepare_data, predict, export,
-find_label_issues, import_keras, serve. Each is a recipe of calls into the sub-packages;
-:func:`run` turns a user's error into one line."""
+find_label_issues, import_keras, serve. Each is a recipe of calls into the sub-packages, which
+make the choices (:func:`product_cnn.cli.run` turns a user's error into one line)."""
 
 from __future__ import annotations
 
 import logging
-import os
-import signal
-import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from hydra.errors import InstantiationException
 from omegaconf import DictConfig
-from omegaconf.errors import MissingMandatoryValue
 
-from product_cnn.errors import ProductCNNError, SweepError, one_line, user_error
-from product_cnn.runtime import quiet_lightning, tune_malloc
+from product_cnn.runtime import tune_malloc
 
-# The training stack (Lightning, torchmetrics, ...) is imported by the tasks that need it, so
-# that predict.py and serve.py start without it (seconds of a user's wait: docs/performance.md).
+# Lightning and the training stack are imported inside the tasks that need them: predict.py starts faster
 
 log = logging.getLogger(__name__)
 
 
-def run(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
-    """Run ``task``; a user-facing error becomes one line on stderr and exit status 2. In a multirun a
-    failed job is recorded and the sweep goes on (evaluation/sweep.py), except on a SweepError."""
-    quiet_lightning()
-    try:
-        try:
-            return task(cfg)
-        except InstantiationException as err:  # our error raised while Hydra built an object
-            raise user_error(err) or err from None
-    except SystemExit as err:
-        if _lightning_sigterm(err):  # Lightning stopped cleanly; ResumeHint said how to resume
-            raise SystemExit(128 + signal.SIGTERM) from None
-        raise
-    except (ProductCNNError, MissingMandatoryValue) as err:
-        from product_cnn.evaluation.sweep import in_multirun, record_job_failure
-
-        message = one_line(err)
-        log.error(message)
-        if in_multirun() and not isinstance(err, SweepError):
-            return record_job_failure(message)
-        print(f"error: {message}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except Exception as err:
-        from product_cnn.evaluation.sweep import in_multirun, record_job_failure
-
-        if not in_multirun():
-            raise
-        log.exception("The job failed")
-        return record_job_failure(f"{type(err).__name__}: {one_line(err)}")
-
-
-def _lightning_sigterm(err: SystemExit) -> bool:
-    """True for Lightning's SIGTERMException (a SystemExit), without importing Lightning."""
-    module = sys.modules.get("lightning.pytorch.utilities.exceptions")
-    return module is not None and isinstance(err, module.SIGTERMException)
-
-
-def _format_metrics(metrics: dict[str, float]) -> str:
-    return "  ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit the model, then test the best checkpoint; return all final metrics."""
-    import lightning as L
     from hydra.utils import instantiate
 
-    from product_cnn.data.datamodule import ProductDataModule
-    from product_cnn.data.folder import scan_tree
-    from product_cnn.data.listing import is_listing, scan_listing
-    from product_cnn.evaluation.cv import sweep_of, write_cv_summary
-    from product_cnn.evaluation.sweep import check_optimized_metric, in_multirun
-    from product_cnn.models.summary import format_summary, summarize_network
-    from product_cnn.models.tta import check_tta
-    from product_cnn.training.calibrate import calibrate_after_fit
-    from product_cnn.training.final_test import best_score, test_after_fit
+    from product_cnn.evaluation.sweep import check_optimized_metric, refresh_cv_summary
+    from product_cnn.training.fit import fit_and_test, print_summary, start_run
     from product_cnn.training.probe import fit_probe_head, save_probe
-    from product_cnn.training.resume import check_resume_fits, resolve_resume, step_checkpoints
-    from product_cnn.training.trainer import build_trainer, check_accelerator
+    from product_cnn.training.resume import check_resume_fits
 
     tune_malloc()
-    check_accelerator(cfg.trainer)
-    ckpt_path, resumed = resolve_resume(cfg)
-    tta = check_tta(cfg.get("tta", "none"))  # the final test's; checked before training
-    if cfg.get("seed") is not None:
-        L.seed_everything(cfg.seed, workers=True)
-    datamodule: ProductDataModule = instantiate(cfg.data, _convert_="all")
+    start = start_run(cfg)  # the device, the checkpoint to resume and the final test's TTA checked; seeded
+    datamodule = instantiate(cfg.data, _convert_="all")
     datamodule.prepare_data()
     if cfg.get("summary_only"):  # the model's table for these classes, no data check, no training
-        if isinstance(datamodule, ProductDataModule):
-            hp = datamodule.hparams
-            scan = scan_listing if is_listing(hp.root) else scan_tree
-            classes = scan(hp.root, hp.classes).class_names
-        else:  # shards: their manifest
-            datamodule.setup("fit")
-            classes = datamodule.class_names
-        net = instantiate(cfg.model, class_names=classes, _recursive_=False, _convert_="all")
-        print(format_summary(summarize_network(net.net, net.hparams.image_size)))
-        return {}
+        return print_summary(cfg.model, datamodule)
     datamodule.setup("fit")
-    has_val = bool(datamodule.split_samples.get("val"))
-    check_optimized_metric(cfg, has_val)
+    check_optimized_metric(cfg, bool(datamodule.split_samples.get("val")))
     model = instantiate(cfg.model, _recursive_=False, _convert_="all", **datamodule.model_args())
-    if resumed is not None:
-        check_resume_fits(ckpt_path, resumed, model, datamodule.root)
+    if start.resumed is not None:
+        check_resume_fits(start.ckpt_path, start.resumed, model, datamodule.root)
     if cfg.get("probe"):  # a linear head on cached features: experiment=probe, or LP-FT's first step
         fit_probe_head(cfg.probe, model, datamodule, cfg.get("seed"), cfg.get("confidence"))
         if not cfg.probe.get("finetune"):
             return save_probe(cfg, model, datamodule)
-    trainer = build_trainer(cfg, validate=has_val, extra_callbacks=step_checkpoints(cfg))
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()} | best_score(trainer)
-    if has_val and (cfg.get("confidence") or {}).get("fit", True):
-        calibrate_after_fit(trainer, model, datamodule, tta, cfg.get("confidence"))
-    if cfg.get("test", True):
-        metrics.update(test_after_fit(trainer, model, datamodule, has_val, tta))
-        log.info("Test: %s", _format_metrics({k: v for k, v in metrics.items() if k.startswith("test/")}))
-    out = cfg.paths.output_dir
-    log.info("Outputs in %s  (TensorBoard: tensorboard --logdir %s)", out, out)
-    if resumed is not None and cfg.data.get("folds") and not in_multirun() and sweep_of(out):
-        write_cv_summary(sweep_of(out))  # a resumed fold: its sweep's summary counts it now
+    metrics = fit_and_test(cfg, model, datamodule, ckpt_path=start.ckpt_path, tta=start.tta)
+    if start.resumed is not None and cfg.data.get("folds"):
+        refresh_cv_summary(cfg.paths.output_dir)  # a resumed fold: its sweep's summary counts it now
     return metrics
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Test a saved checkpoint on its own test split or on another folder; return the metrics."""
-    from product_cnn.data.datamodule import ProductDataModule
+    from product_cnn.data.for_checkpoint import open_test_data
+    from product_cnn.models.checkpoint import checkpoint_info, read_checkpoint
     from product_cnn.models.tta import check_tta
-    from product_cnn.training.checkpoint import read_checkpoint
+    from product_cnn.training.fit import format_metrics
     from product_cnn.training.module import ProductClassifier
     from product_cnn.training.trainer import build_trainer, check_accelerator
 
     tune_malloc()
     check_accelerator(cfg.trainer)
     checkpoint = read_checkpoint(cfg.ckpt_path)
-    ckpt_path = str(Path(cfg.ckpt_path).expanduser())
+    ckpt_path, info = str(Path(cfg.ckpt_path).expanduser()), checkpoint_info(checkpoint)
     model = ProductClassifier.from_checkpoint_dict(checkpoint, name=f"checkpoint {ckpt_path}")
     model.tta = check_tta(cfg.get("tta", "none"))
-    saved = checkpoint.get("datamodule_hyper_parameters") or {}
-    data_cfg = cfg.get("data")
-    other_folder = data_cfg is not None and (bool(data_cfg.get("root")) or "_target_" in data_cfg)
-    if "input_dir" in saved and not other_folder:  # trained from shards: their test split
-        from omegaconf import OmegaConf
-
-        from product_cnn.data.streaming.datamodule import StreamingDataModule
-
-        overrides = OmegaConf.to_container(data_cfg, resolve=True) if data_cfg is not None else None
-        datamodule = StreamingDataModule.from_checkpoint(checkpoint, overrides, model.class_names)
-    else:  # a folder: the checkpoint's own, another one (data.root=), or a whole data config
-        datamodule = ProductDataModule.for_evaluation(checkpoint, data_cfg, model.class_names)
-    datamodule.prepare_data()
-    datamodule.setup("test")
+    datamodule = open_test_data(info.data, image_size=info.image_size, decode=info.decode,
+                                class_names=info.class_names, data_cfg=cfg.get("data"))
     results = build_trainer(cfg).test(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     metrics = dict(results[0]) if results else {}
-    log.info("Test of %s: %s", ckpt_path, _format_metrics(metrics))
+    log.info("Test of %s: %s", ckpt_path, format_metrics(metrics))
     return metrics
 
 
@@ -164,12 +73,10 @@ def check_data(cfg: DictConfig) -> int:
     """Print what training would see in ``cfg.data``; return the number of unreadable photos."""
     from hydra.utils import instantiate
 
-    from product_cnn.data.datamodule import ProductDataModule
-
-    datamodule: ProductDataModule = instantiate(cfg.data, check=True, skip_bad_images=True, _convert_="all")
-    datamodule.prepare_data()
-    print(datamodule.check_report(cfg.show_groups))
-    return len(datamodule.check.bad)
+    datamodule = instantiate(cfg.data, check=True, skip_bad_images=True, _convert_="all")
+    datamodule.prepare_data()  # the demo photos: made if missing
+    print(datamodule.photos.check_report(cfg.show_groups))
+    return len(datamodule.photos.check.bad)
 
 
 def prepare_data(cfg: DictConfig) -> str:
@@ -182,65 +89,38 @@ def prepare_data(cfg: DictConfig) -> str:
     datamodule = instantiate(cfg.data, _convert_="all")
     datamodule.prepare_data()
     options = cfg.get("storage_options")
-    options = OmegaConf.to_container(options, resolve=True) if options else None
-    prepare_shards(datamodule, str(cfg.output), cfg.store, cfg.get("folds"), cfg.get("num_workers"),
-                   str(cfg.chunk_bytes), options)
+    prepare_shards(datamodule.photos, str(cfg.output), image_size=datamodule.hparams.image_size,
+                   decode=datamodule.hparams.decode, store=cfg.store, folds=cfg.get("folds"),
+                   num_workers=cfg.get("num_workers"), chunk_bytes=str(cfg.chunk_bytes),
+                   storage_options=OmegaConf.to_container(options, resolve=True) if options else None)
     return str(cfg.output)
 
 
 def predict(cfg: DictConfig) -> int:
     """Classify ``cfg.inputs`` with ``cfg.ckpt_path`` (checkpoints, or one exported ``.onnx`` /
     OpenVINO ``.xml`` model, run without PyTorch), write CSV or JSON, return the failure count."""
+    from product_cnn.confidence.gate import GateOptions
     from product_cnn.data.cache import default_cache_dir
-    from product_cnn.data.folder import expand_inputs
-    from product_cnn.data.streaming.photos import is_shards, shard_photos
-    from product_cnn.inference.exported import ExportedPredictor, cached_export, is_exported
-    from product_cnn.inference.parts import predict_in_parts, rank_and_world
+    from product_cnn.data.streaming.photos import photo_inputs
+    from product_cnn.inference.parts import plan_parts, predict_in_parts
     from product_cnn.inference.results import save_predictions
+    from product_cnn.inference.runtimes import open_predictor, process_device
 
     tune_malloc()
-    rank, world = rank_and_world(cfg.get("rank"), cfg.get("world_size"))
-    part_size = cfg.get("parts") or (10_000 if world > 1 else None)
-    if world > 1 and str(Path(cfg.output).parent) == str(Path(cfg.paths.output_dir)):
-        raise ProductCNNError(f"{world} processes each have their own run folder: give them one output, "
-                              "e.g. output=/shared/predictions.csv")
-    shards = isinstance(cfg.inputs, str) and is_shards(cfg.inputs)  # a folder made by prepare_data.py
-    files = shard_photos(cfg.inputs) if shards else expand_inputs(cfg.inputs)
-    ckpt_path = cfg.ckpt_path
-    runtime = cfg.get("runtime", "torch")
-    if runtime not in ("torch", "openvino"):
-        raise ProductCNNError(f"runtime={runtime!r} is not one of torch, openvino")
-    if runtime == "openvino" and not is_exported(ckpt_path):
-        if not isinstance(ckpt_path, str) or any(c in ckpt_path for c in "*?[,"):
-            raise ProductCNNError("runtime=openvino takes one checkpoint (ensembles: runtime=torch)")
-        ckpt_path = str(cached_export(ckpt_path, cfg.paths.cache_dir or default_cache_dir()))
-        log.info("runtime=openvino: %s is exported as %s (no \"none of these\": the export holds no "
-                 "features)", cfg.ckpt_path, ckpt_path)
-    if is_exported(ckpt_path):
-        predictor = ExportedPredictor(ckpt_path, cfg.batch_size, cfg.get("tta", "none"),
-                                      cfg.get("min_confidence"), cfg.get("target_accuracy"),
-                                      cfg.get("precision", "auto"))
-    else:
-        from product_cnn.inference.predictor import Predictor
-
-        workers = 0 if shards else cfg.num_workers  # shard items are read in this process
-        device = str(cfg.device)
-        if world > 1 and device in ("auto", "cuda") and "LOCAL_RANK" in os.environ:
-            import torch  # one GPU per process, as torchrun numbers them
-
-            if torch.cuda.is_available():
-                device = f"cuda:{int(os.environ['LOCAL_RANK']) % torch.cuda.device_count()}"
-        predictor = Predictor.from_checkpoint(cfg.ckpt_path, device, cfg.batch_size, workers,
-                                              cfg.get("tta", "none"), cfg.get("min_confidence"),
-                                              cfg.get("target_accuracy"), cfg.get("unknown", True),
-                                              cfg.get("precision", "32"))
+    plan = plan_parts(rank=cfg.get("rank"), world_size=cfg.get("world_size"), parts=cfg.get("parts"),
+                      output=cfg.output, run_dir=cfg.paths.output_dir)
+    files, shards = photo_inputs(cfg.inputs)
+    predictor = open_predictor(
+        cfg.ckpt_path, runtime=cfg.get("runtime", "torch"), device=process_device(cfg.device, plan.world),
+        batch_size=cfg.batch_size, num_workers=0 if shards else cfg.num_workers,  # shard items: read here
+        tta=cfg.get("tta", "none"), gate=GateOptions.from_config(cfg), precision=cfg.get("precision", "auto"),
+        cache_dir=cfg.paths.cache_dir or default_cache_dir())
     log.info("Classifying %d %s with %s on %s (%s)", len(files), "shard item(s)" if shards else "file(s)",
              predictor.describe(cfg.ckpt_path), predictor.device, predictor.gate.describe())
-    if part_size:  # catalogue scale: this rank's parts, merged by the last rank to finish
-        log.info("In parts of %d photos: rank %d of %d", part_size, rank, world)
-        _, failed = predict_in_parts(predictor, files, cfg.output, cfg.topk, part_size, rank, world,
-                                     cfg.get("sort_into"))
-        return failed
+    if plan.part_size:  # catalogue scale: this rank's parts, merged by the last rank to finish
+        log.info("In parts of %d photos: rank %d of %d", plan.part_size, plan.rank, plan.world)
+        return predict_in_parts(predictor, files, cfg.output, cfg.topk, plan.part_size, plan.rank, plan.world,
+                                cfg.get("sort_into"))[1]
     predictions = predictor.predict(files, topk=cfg.topk, progress=len(files) > cfg.batch_size)
     save_predictions(predictions, cfg.output, cfg.topk, cfg.get("sort_into"), predictor.gate)
     return sum(not p.ok for p in predictions)
@@ -273,15 +153,17 @@ def import_keras(cfg: DictConfig) -> str:
 
 
 def serve(cfg: DictConfig) -> None:
-    """Serve ``cfg.ckpt_path`` (or an exported ONNX model) over HTTP until interrupted."""
+    """Serve ``cfg.ckpt_path`` (or an exported ONNX / OpenVINO model) over HTTP until interrupted."""
+    from product_cnn.confidence.gate import GateOptions
     from product_cnn.serve.app import build_server
     from product_cnn.serve.shutdown import stop_on_sigterm
 
     exported = cfg.get("openvino_path") if cfg.backend == "openvino" else cfg.get("onnx_path")
-    server = build_server(cfg.get("ckpt_path"), cfg.backend, exported, cfg.device, cfg.workers,
-                          cfg.max_batch_size, cfg.batch_timeout, cfg.topk, cfg.max_files, cfg.max_body_mb,
-                          cfg.get("api_key"), list(cfg.cors_origins or []), cfg.timeout,
-                          cfg.get("min_confidence"), cfg.get("target_accuracy"), cfg.get("unknown", True))
+    server = build_server(
+        ckpt_path=cfg.get("ckpt_path"), backend=cfg.backend, exported_path=exported, device=cfg.device,
+        workers=cfg.workers, max_batch_size=cfg.max_batch_size, batch_timeout=cfg.batch_timeout,
+        topk=cfg.topk, max_files=cfg.max_files, max_body_mb=cfg.max_body_mb, api_key=cfg.get("api_key"),
+        cors_origins=list(cfg.cors_origins or []), timeout=cfg.timeout, gate=GateOptions.from_config(cfg))
     log.info("Serving on http://%s:%s/  (POST /predict, GET /info, GET /health)", cfg.host, cfg.port)
     with stop_on_sigterm():
         server.run(host=cfg.host, port=int(cfg.port), generate_client_file=False)

@@ -10,9 +10,9 @@ import torch
 from PIL import JpegImagePlugin
 
 from product_cnn.data.datamodule import ProductDataModule
-from product_cnn.data.images import checkpoint_decode
+from product_cnn.data.for_checkpoint import data_for_checkpoint
 from product_cnn.inference.predictor import Predictor
-from product_cnn.training.checkpoint import read_checkpoint
+from product_cnn.models.checkpoint import checkpoint_info, read_checkpoint
 
 
 @pytest.fixture
@@ -50,7 +50,7 @@ def test_predict_export_and_server_decode_as_the_checkpoint_says(tiny_run, tmp_p
     from product_cnn.serve.uploads import decode_photos
 
     checkpoint = read_checkpoint(tiny_run["best"])
-    assert checkpoint_decode(checkpoint) == "reduced"  # recorded by training
+    assert checkpoint_info(checkpoint).decode == "reduced"  # recorded by training
     photos = _photos(tiny_run)[:4]
     Predictor.from_checkpoint(tiny_run["best"], device="cpu").predict(photos)
     assert len(drafts) == 4
@@ -72,5 +72,7 @@ def test_a_checkpoint_trained_on_fully_decoded_photos_predicts_that_way(tiny_run
     assert predictor.decode == "full"
     predictor.predict(_photos(tiny_run)[:3])
     assert drafts == []
-    dm = ProductDataModule.from_checkpoint(checkpoint)
+    info = checkpoint_info(checkpoint)
+    dm = data_for_checkpoint(info.data, image_size=info.image_size, decode=info.decode,
+                             class_names=info.class_names)
     assert dm.hparams.decode == "full"

@@ -1,5 +1,6 @@
-"""The package's layering: every import in ``product_cnn/`` points down the order below, never up,
-never in a circle. Parsed from the source (lazy imports inside functions count too)."""
+"""The package's layering: every import in ``product_cnn/`` goes to a layer it may use (a partial
+order: inference and serve stand beside training and evaluation, not above them), never in a
+circle. Parsed from the source (lazy imports inside functions count too)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,21 @@ from pathlib import Path
 from tests.helpers import REPO
 
 PACKAGE = REPO / "product_cnn"
-# lowest first; a module may import its own layer or any layer before it
-LAYERS = ["base", "data", "models", "confidence", "training", "evaluation", "inference", "serve", "tasks"]
+# each layer and the layers it may import besides its own (lowest first)
+MAY_USE = {
+    "base": set(),
+    "data": {"base"},
+    "confidence": {"base"},
+    "models": {"base", "data", "confidence"},
+    "training": {"base", "data", "confidence", "models"},
+    "evaluation": {"base", "data", "confidence", "models", "training"},
+    "inference": {"base", "data", "confidence", "models"},  # never training or evaluation
+    "serve": {"base", "data", "confidence", "models", "inference"},
+    "tasks": {"base", "data", "confidence", "models", "training", "evaluation", "inference", "serve"},
+}
+LAYERS = list(MAY_USE)
 BASE = {"errors", "atomic", "config", "runtime"}  # what every layer may use
+TOP = {"tasks", "cli"}  # the recipes and the entry points' harness: above everything
 
 
 def layer_of(module: str) -> str:
@@ -22,7 +35,7 @@ def layer_of(module: str) -> str:
     top = parts[1]
     if top in BASE:
         return "base"
-    if top == "tasks":
+    if top in TOP:
         return "tasks"
     return top
 
@@ -60,17 +73,52 @@ def test_every_known_layer_is_a_folder_or_a_base_module():
     folders = {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
     modules = {p.stem for p in PACKAGE.glob("*.py")} - {"__init__"}
     assert folders == set(LAYERS) - {"base", "tasks"}, "a new sub-package needs its place in LAYERS"
-    assert modules == BASE | {"tasks"}, "the top level holds only what every layer uses, and tasks.py"
+    assert modules == BASE | TOP, "the top level holds only what every layer uses, tasks.py and cli.py"
 
 
-def test_imports_run_downwards_only():
-    upward = []
-    for module, imports in module_graph().items():
-        here = LAYERS.index(layer_of(module))
+def forbidden_imports(graph: dict[str, list[tuple[str, int]]]) -> list[str]:
+    """``module:line imports target (layer -> layer)`` for every import outside :data:`MAY_USE`."""
+    found = []
+    for module, imports in graph.items():
+        here = layer_of(module)
         for target, line in imports:
-            if LAYERS.index(layer_of(target)) > here:
-                upward.append(f"{module}:{line} imports {target} ({layer_of(module)} -> {layer_of(target)})")
-    assert not upward, "imports must run downwards (" + " <- ".join(LAYERS) + "):\n" + "\n".join(upward)
+            there = layer_of(target)
+            if there != here and there not in MAY_USE[here]:
+                found.append(f"{module}:{line} imports {target} ({here} -> {there})")
+    return found
+
+
+def test_every_import_goes_to_a_layer_it_may_use():
+    bad = forbidden_imports(module_graph())
+    rules = "; ".join(f"{k} -> {', '.join(sorted(v)) or 'nothing'}" for k, v in MAY_USE.items())
+    assert not bad, f"imports must follow the layers ({rules}):\n" + "\n".join(bad)
+
+
+def test_the_rules_form_a_partial_order():
+    """No two layers may use each other, directly or through others (else "beside" means nothing)."""
+    for layer in LAYERS:
+        reach, todo = set(), list(MAY_USE[layer])
+        while todo:
+            nxt = todo.pop()
+            if nxt not in reach:
+                reach.add(nxt)
+                todo += MAY_USE[nxt]
+        assert layer not in reach, f"{layer} can reach itself through {sorted(reach)}"
+    assert "training" not in MAY_USE["inference"] | MAY_USE["serve"]
+    assert "evaluation" not in MAY_USE["inference"] | MAY_USE["serve"]
+
+
+def test_the_checker_sees_inference_importing_training(tmp_path):
+    """The rule that keeps inference beside training fails on such an import, lazy ones too."""
+    bad = tmp_path / "product_cnn" / "inference" / "bad.py"
+    for folder in ("training", "evaluation", "inference", "serve"):
+        (tmp_path / "product_cnn" / folder).mkdir(parents=True)
+    (tmp_path / "product_cnn" / "training" / "module.py").write_text("")
+    bad.write_text("def f():\n    from product_cnn.training.module import ProductClassifier\n"
+                   "from product_cnn.evaluation import reports\n")
+    found = forbidden_imports({"product_cnn.inference.bad": imports_of(bad, tmp_path)})
+    assert sorted(f.rsplit(" (", 1)[1] for f in found) == ["inference -> evaluation)",
+                                                           "inference -> training)"]
 
 
 def test_no_import_cycles():
@@ -109,4 +157,4 @@ def test_the_checker_sees_an_upward_import(tmp_path):
     found = [t for t, _ in imports_of(bad, tmp_path)]
     assert found == ["product_cnn.training.module", "product_cnn.evaluation.reports",
                      "product_cnn.inference", "product_cnn.inference.predictor"]
-    assert [LAYERS.index(layer_of(t)) > LAYERS.index("data") for t in found] == [True] * 4
+    assert [layer_of(t) not in MAY_USE["data"] for t in found] == [True] * 4

@@ -12,8 +12,8 @@ import torch
 
 from product_cnn.errors import CheckpointError
 from product_cnn.inference.predictor import Predictor
+from product_cnn.models.checkpoint import read_checkpoint
 from product_cnn.tasks import train
-from product_cnn.training.checkpoint import read_checkpoint
 from tests.helpers import REPO, make_tree
 
 

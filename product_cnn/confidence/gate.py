@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from product_cnn.errors import ProductCNNError
 
@@ -45,6 +45,26 @@ class Gate:
         if self.unknown_threshold is not None:
             parts.append(f"unknown below similarity {self.unknown_threshold:.3f}")
         return "; ".join(parts) or "every photo filed (no threshold)"
+
+
+@dataclass(frozen=True)
+class GateOptions:
+    """What a user asks of the gate (predict.py, serve.py): ``min_confidence`` or ``target_accuracy``
+    (exclusive), and whether "none of these" answers (``unknown``)."""
+
+    min_confidence: float | None = None
+    target_accuracy: float | None = None
+    unknown: bool = True
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> GateOptions:
+        """The three options of a predict/serve config (absent ones at their defaults)."""
+        return cls(cfg.get("min_confidence"), cfg.get("target_accuracy"), bool(cfg.get("unknown", True)))
+
+    def build(self, cards: Sequence[ConfidenceCard | None], *, unknown: bool = True) -> Gate:
+        """The gate for these cards (:func:`build_gate`); ``unknown=False`` where the runtime has no
+        features to compare."""
+        return build_gate(cards, self.min_confidence, self.target_accuracy, self.unknown and unknown)
 
 
 def build_gate(cards: Sequence[ConfidenceCard | None], min_confidence: float | None = None,

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from product_cnn.data.folder import SPLITS
+from product_cnn.data.catalogue import count_table
 from product_cnn.data.images import to_unit_float
 from product_cnn.errors import DataError
 
@@ -41,13 +41,7 @@ class CountedSplits:
 
     def summary(self) -> str:
         """A small per-class, per-split table of image counts."""
-        counts = self.counts()
-        width = max(len(n) for n in [*self.class_names, "class", "total"])
-        lines = [f"  {'class':<{width}} " + " ".join(f"{s:>6}" for s in SPLITS)]
-        for i, name in enumerate(self.class_names):
-            lines.append(f"  {name:<{width}} " + " ".join(f"{counts[s][i]:>6}" for s in SPLITS))
-        lines.append(f"  {'total':<{width}} " + " ".join(f"{sum(counts[s]):>6}" for s in SPLITS))
-        return "\n".join(lines)
+        return count_table(self.class_names, self.counts())
 
 
 class DeviceBatches:

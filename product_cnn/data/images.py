@@ -90,12 +90,6 @@ def check_decode(decode: str) -> str:
     return decode
 
 
-def checkpoint_decode(checkpoint: dict) -> str:
-    """How a checkpoint's photos were decoded (its ``data.decode``); ``"full"`` for checkpoints
-    written before the choice existed, as they were."""
-    return (checkpoint.get("datamodule_hyper_parameters") or {}).get("decode", "full")
-
-
 @contextmanager
 def open_image(source: str | Path | bytes, name: str | None = None,
                at_least: ImageSize | None = None) -> Iterator[Image.Image]:

@@ -341,3 +341,4 @@ def sweep_of(run_dir: str | Path) -> Path | None:
     """The sweep folder a k-fold run folder belongs to (it holds Hydra's ``multirun.yaml``)."""
     parent = Path(run_dir).resolve().parent
     return parent if (parent / "multirun.yaml").is_file() else None
+

@@ -16,7 +16,6 @@ no network.
 
 from __future__ import annotations
 
-import base64
 import csv
 import html
 import io
@@ -32,8 +31,8 @@ import numpy as np
 from product_cnn.atomic import write_text
 from product_cnn.data.cache import default_cache_dir
 from product_cnn.data.check import duplicate_groups, inspect_images
-from product_cnn.data.images import open_image, to_rgb
-from product_cnn.errors import DataError, ImageLoadError
+from product_cnn.data.thumbnails import CARD_CSS, thumbnail_uri
+from product_cnn.errors import DataError
 from product_cnn.evaluation.reports import prediction_columns
 
 log = logging.getLogger(__name__)
@@ -122,25 +121,6 @@ def _csv(issues: Sequence[LabelIssue]) -> str:
         writer.writerow([x.rank, x.path, x.label, x.suggested, f"{x.self_confidence:.4f}", reason])
     return buffer.getvalue()
 
-
-def thumbnail_uri(path: str | Path, side: int = 160) -> str | None:
-    """A JPEG data URI of the photo, upright and RGB as training reads it; None if unreadable."""
-    try:
-        with open_image(path) as image:  # to_rgb may hand back the opened image: use it inside
-            small = to_rgb(image)
-            small.thumbnail((side, side))
-            buffer = io.BytesIO()
-            small.save(buffer, format="JPEG", quality=80)
-    except ImageLoadError:
-        return None
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-CARD_CSS = """body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
-.grid { display: flex; flex-wrap: wrap; gap: 12px; }
-.card { width: 190px; border: 1px solid #ccc; border-radius: 6px; padding: 8px; font-size: 12px; }
-.card img { display: block; margin: 0 auto 6px; max-width: 174px; max-height: 174px; }
-.path { color: #666; word-break: break-all; }"""  # the contact sheets' style (also review.html)
 
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Label issues: {title}</title>

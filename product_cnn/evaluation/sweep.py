@@ -75,3 +75,12 @@ def check_optimized_metric(cfg: DictConfig, has_val: bool) -> None:
         base = metric.removesuffix("_best")
         raise SweepError(f"optimized_metric={metric} is the best {base} that model_checkpoint monitors, "
                          f"but it monitors {monitor}: add callbacks.model_checkpoint.monitor={base}")
+
+
+def refresh_cv_summary(run_dir: str | Path) -> None:
+    """A resumed k-fold run (not inside its sweep): its sweep's summary, written again to count it."""
+    from product_cnn.evaluation.cv import sweep_of, write_cv_summary
+
+    sweep = sweep_of(run_dir)
+    if sweep is not None and not in_multirun():
+        write_cv_summary(sweep)

@@ -46,14 +46,14 @@ def load_for_export(ckpt_path: str | Path) -> tuple[ProbabilityModel, dict]:
     """The checkpoint's network wrapped with softmax (eval mode, CPU) and its metadata."""
     loaded = load_network(ckpt_path)  # the same rebuild as Predictor's
     loaded.net.to(memory_format=torch.contiguous_format)  # the export's layout is NCHW
-    height, width = image_hw(loaded.image_size)
+    height, width = image_hw(loaded.info.image_size)
     meta = {
-        "class_names": loaded.class_names,
-        "arch": loaded.arch,
+        "class_names": loaded.info.class_names,
+        "arch": loaded.info.arch,
         "input": {"name": "images", "shape": ["N", 3, height, width], "dtype": "float32",
                   "layout": "NCHW", "channels": "RGB", "range": [0.0, 1.0]},
-        "output": {"name": "probabilities", "shape": ["N", len(loaded.class_names)]},
-        "decode": loaded.decode,
+        "output": {"name": "probabilities", "shape": ["N", len(loaded.info.class_names)]},
+        "decode": loaded.info.decode,
         "preprocessing": [
             "decode the image (a JPEG at 1/2, 1/4 or 1/8 scale, the smallest still at least the input "
             "size, when decode is 'reduced': Pillow's Image.draft); apply its EXIF orientation",
@@ -64,13 +64,13 @@ def load_for_export(ckpt_path: str | Path) -> tuple[ProbabilityModel, dict]:
         "checkpoint": str(ckpt_path),
         "calibration": None,
     }
-    card = loaded.card
+    card = loaded.info.card
     if card is not None:  # the bank stays out: "none of these" needs the features, served from checkpoints
         meta["calibration"] = {
             "temperature": card.temperature, "source": card.source, "applied": True,
             "heldout_confidence": [round(float(c), 6) for c in card.heldout_confidence],
             "heldout_correct": [bool(c) for c in card.heldout_correct]}
-    net = TemperatureScaled(fold_batchnorm(loaded.net), loaded.temperature)
+    net = TemperatureScaled(fold_batchnorm(loaded.net), loaded.info.temperature)
     return ProbabilityModel(net).eval(), meta
 
 

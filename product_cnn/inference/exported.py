@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from product_cnn.confidence.gate import Gate, build_gate
+from product_cnn.confidence.gate import Gate, GateOptions
 from product_cnn.data.images import check_decode, load_array
 from product_cnn.errors import ImageLoadError, ProductCNNError
 from product_cnn.inference.results import Prediction, collect
@@ -112,9 +112,9 @@ def open_session(model_path: str | Path, precision: str = "auto",
 class ExportedPredictor:
     """An exported model, its sidecar's classes and preprocessing, ready to classify photo files."""
 
-    def __init__(self, model_path: str | Path, batch_size: int = 32, tta: str = "none",
-                 min_confidence: float | None = None, target_accuracy: float | None = None,
-                 precision: str = "auto", workers: int | None = None) -> None:
+    def __init__(self, model_path: str | Path, *, batch_size: int = 32, tta: str = "none",
+                 gate: GateOptions | None = None, precision: str = "auto",
+                 workers: int | None = None) -> None:
         meta = read_sidecar(model_path)
         self.model_path = str(model_path)
         self.class_names = list(meta["class_names"])
@@ -122,8 +122,9 @@ class ExportedPredictor:
         self.decode = check_decode(meta.get("decode", "full"))  # exports before the choice: full
         self.batch_size = batch_size
         self.tta = check_tta(tta)
-        cards = [sidecar_card(meta)] if target_accuracy is not None else []
-        self.gate: Gate = build_gate(cards, min_confidence, target_accuracy, unknown=False)
+        gate = gate or GateOptions()
+        cards = [sidecar_card(meta)] if gate.target_accuracy is not None else []
+        self.gate: Gate = gate.build(cards, unknown=False)  # the export holds no features
         self.run = open_session(model_path, precision)
         self.workers = workers or min(4, os.cpu_count() or 1)
         self.device = "cpu"

@@ -14,28 +14,17 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from product_cnn.confidence.card import ConfidenceCard
-from product_cnn.data.images import ImageSize, checkpoint_decode
 from product_cnn.errors import CheckpointError, ProductCNNError
-from product_cnn.models.networks import MIRROR, build_network, check_fits
-from product_cnn.training.checkpoint import read_checkpoint
+from product_cnn.models.checkpoint import CheckpointInfo, checkpoint_info, read_checkpoint
+from product_cnn.models.networks import build_network, check_fits
 
 
 @dataclass
 class LoadedNetwork:
-    """A checkpoint's network (eval mode, CPU, fp32) and what inference needs with it."""
+    """A checkpoint's network (eval mode, CPU, fp32) and what the checkpoint says about it."""
 
     net: nn.Module
-    arch: str
-    class_names: list[str]
-    image_size: ImageSize
-    decode: str
-    card: ConfidenceCard | None
-
-    @property
-    def temperature(self) -> float:
-        """The fitted temperature (1 until calibrated)."""
-        return self.card.temperature if self.card is not None else 1.0
+    info: CheckpointInfo
 
 
 def load_network(path: str | Path) -> LoadedNetwork:
@@ -43,19 +32,14 @@ def load_network(path: str | Path) -> LoadedNetwork:
     :class:`CheckpointError` in one line."""
     name = f"checkpoint {path}"
     checkpoint = read_checkpoint(path)
-    hparams = checkpoint.get("hyper_parameters") or {}
-    names = hparams.get("class_names")
-    names = list(names) if names else [str(i) for i in range(hparams.get("num_classes", 5))]
-    image_size = hparams.get("image_size", 256)
-    arch = hparams.get("arch", MIRROR)
+    info = checkpoint_info(checkpoint)
     try:  # the weights come from the checkpoint: nothing to download or read for the backbone
-        net = build_network(arch, len(names), image_size, hparams.get("dropout", 0.1))
+        net = build_network(info.arch, len(info.class_names), info.image_size, info.dropout)
     except (TypeError, ValueError, ProductCNNError) as err:
         raise CheckpointError(f"{name} does not describe a network: {err}") from None
     state = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
-    check_fits(net.state_dict(), state, name, arch)
+    check_fits(net.state_dict(), state, name, info.arch)
     net.load_state_dict(state)
-    if hparams.get("channels_last"):  # as training ran it: NHWC convolutions, 2-3x faster in bf16 on CPU
+    if info.channels_last:  # as training ran it: NHWC convolutions, 2-3x faster in bf16 on CPU
         net.to(memory_format=torch.channels_last)
-    return LoadedNetwork(net.eval(), arch, names, image_size, checkpoint_decode(checkpoint),
-                         ConfidenceCard.from_dict(checkpoint.get("confidence")))
+    return LoadedNetwork(net.eval(), info)

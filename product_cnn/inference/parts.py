@@ -12,6 +12,7 @@ import json
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,26 @@ def rank_and_world(rank: int | None = None, world_size: int | None = None) -> tu
     if world_size < 1 or not 0 <= rank < world_size:
         raise ProductCNNError(f"rank={rank} world_size={world_size}: the rank must be in 0..world_size-1")
     return rank, world_size
+
+
+@dataclass(frozen=True)
+class PartsPlan:
+    """This process's rank, the number of processes, and the part size (None: one pass, no parts)."""
+
+    rank: int
+    world: int
+    part_size: int | None
+
+
+def plan_parts(*, rank: int | None, world_size: int | None, parts: int | None, output: str | Path,
+               run_dir: str | Path) -> PartsPlan:
+    """Parts of ``parts`` photos (10,000 by default when several processes share the work); refuses a
+    per-run ``output`` under several processes (each has its own run folder ``run_dir``)."""
+    rank, world = rank_and_world(rank, world_size)
+    if world > 1 and str(Path(output).parent) == str(Path(run_dir)):
+        raise ProductCNNError(f"{world} processes each have their own run folder: give them one output, "
+                              "e.g. output=/shared/predictions.csv")
+    return PartsPlan(rank, world, parts or (10_000 if world > 1 else None))
 
 
 def parts_dir(output: str | Path) -> Path:

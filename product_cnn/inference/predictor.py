@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from product_cnn.confidence.card import ConfidenceCard
-from product_cnn.confidence.gate import Gate, build_gate
+from product_cnn.confidence.gate import Gate, GateOptions
 from product_cnn.confidence.novelty import similarity
 from product_cnn.data.folder import expand_inputs  # noqa: F401  (predict's input list; here for callers)
 from product_cnn.data.images import (
@@ -38,8 +38,8 @@ from product_cnn.inference.ensemble import ProbabilityAverage, check_members, ex
 from product_cnn.inference.loading import load_network
 from product_cnn.inference.results import Prediction, collect
 from product_cnn.models.penultimate import Penultimate
+from product_cnn.models.precision import resolve_precision
 from product_cnn.models.tta import check_tta
-from product_cnn.training.precision import resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class _InputDataset(Dataset):
 class Predictor:
     """A trained network plus its class names and preprocessing, ready to classify photos."""
 
-    def __init__(self, net: nn.Module, class_names: Sequence[str], image_size: ImageSize = 256,
+    def __init__(self, net: nn.Module, class_names: Sequence[str], *, image_size: ImageSize = 256,
                  device: str = "auto", batch_size: int = 32, num_workers: int = 0, tta: str = "none",
                  cards: Sequence[ConfidenceCard | None] = (), gate: Gate | None = None,
                  decode: str = "reduced", precision: str = "32") -> None:
@@ -114,28 +114,29 @@ class Predictor:
                                                                                     strict=True)]
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path | Sequence[str | Path], device: str = "auto",
+    def from_checkpoint(cls, path: str | Path | Sequence[str | Path], *, device: str = "auto",
                         batch_size: int = 32, num_workers: int = 0, tta: str = "none",
-                        min_confidence: float | None = None, target_accuracy: float | None = None,
-                        unknown: bool = True, precision: str = "32") -> Predictor:
+                        gate: GateOptions | None = None, precision: str = "32") -> Predictor:
         """Load a training checkpoint safely (no pickled code runs).
 
         Several paths (or a glob pattern) make an ensemble: the mean of their probabilities
         (same classes and image size required; see :mod:`product_cnn.inference.ensemble`).
-        ``min_confidence`` / ``target_accuracy`` / ``unknown`` set the gate
-        (:func:`product_cnn.confidence.gate.build_gate`).
+        ``gate`` says what the gate holds back (:class:`~product_cnn.confidence.gate.GateOptions`).
         """
         check_tta(tta)
         paths = expand_checkpoints(path)
         models = [load_network(p) for p in paths]
-        check_members([f"checkpoint {p}" for p in paths], [m.class_names for m in models],
-                      [m.image_size for m in models], [m.decode for m in models])
-        cards = [m.card for m in models]
-        gate = build_gate(cards, min_confidence, target_accuracy, unknown)
-        nets = [TemperatureScaled(fold_batchnorm(m.net), m.temperature) for m in models]
+        infos = [m.info for m in models]
+        check_members([f"checkpoint {p}" for p in paths], [i.class_names for i in infos],
+                      [i.image_size for i in infos], [i.decode for i in infos])
+        cards = [i.card for i in infos]
+        built = (gate or GateOptions()).build(cards)
+        nets = [TemperatureScaled(fold_batchnorm(m.net), m.info.temperature) for m in models]
         net = nets[0] if len(nets) == 1 else ProbabilityAverage(nets)
-        return cls(net, models[0].class_names, models[0].image_size, device, batch_size,
-                   num_workers, tta, cards, gate, models[0].decode, precision)
+        first = infos[0]
+        return cls(net, first.class_names, image_size=first.image_size, device=device, batch_size=batch_size,
+                   num_workers=num_workers, tta=tta, cards=cards, gate=built, decode=first.decode,
+                   precision=precision)
 
     @torch.no_grad()
     def probabilities(self, batch: torch.Tensor) -> torch.Tensor:

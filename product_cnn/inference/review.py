@@ -15,7 +15,7 @@ from typing import Any
 
 from product_cnn.atomic import write_text
 from product_cnn.confidence.gate import UNKNOWN
-from product_cnn.evaluation.label_issues import CARD_CSS, thumbnail_uri
+from product_cnn.data.thumbnails import CARD_CSS, thumbnail_uri
 
 log = logging.getLogger(__name__)
 

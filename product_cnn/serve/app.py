@@ -18,6 +18,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from litserve.utils import WorkerSetupStatus
 
+from product_cnn.confidence.gate import GateOptions
 from product_cnn.serve.api import ClassifierAPI, bearer_ok
 from product_cnn.serve.backends import model_info
 from product_cnn.serve.limits import PredictGuard
@@ -27,15 +28,16 @@ log = logging.getLogger(__name__)
 PAGE = Path(__file__).with_name("static") / "index.html"
 
 
-def build_server(ckpt_path: str | None = None, backend: str = "torch", onnx_path: str | None = None,
+def build_server(*, ckpt_path: str | None = None, backend: str = "torch", exported_path: str | None = None,
                  device: str = "auto", workers: int = 1, max_batch_size: int = 8,
                  batch_timeout: float = 0.005, topk: int = 3, max_files: int = 16, max_body_mb: int = 20,
                  api_key: str | None = None, cors_origins: list[str] | None = None,
-                 timeout: float = 30, min_confidence: float | None = None,
-                 target_accuracy: float | None = None, unknown: bool = True) -> ls.LitServer:
-    """A LitServer ready to ``run()``; a one-line error if the model cannot be served."""
-    info = model_info(backend, ckpt_path, onnx_path, min_confidence, target_accuracy, unknown)
-    api = ClassifierAPI(info, ckpt_path, onnx_path, topk=topk, max_files=max_files,
+                 timeout: float = 30, gate: GateOptions | None = None) -> ls.LitServer:
+    """A LitServer ready to ``run()``; a one-line error if the model cannot be served.
+
+    ``exported_path`` is the ``.onnx`` / OpenVINO ``.xml`` file of ``backend=onnx|openvino``."""
+    info = model_info(backend, ckpt_path, exported_path, gate=gate)
+    api = ClassifierAPI(info, ckpt_path, exported_path, topk=topk, max_files=max_files,
                         max_bytes=max_body_mb * 2**20, api_key=api_key or None,
                         max_batch_size=max_batch_size, batch_timeout=batch_timeout)
     accelerator = "cpu" if backend != "torch" else device

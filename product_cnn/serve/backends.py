@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from product_cnn.confidence.card import ConfidenceCard
-from product_cnn.confidence.gate import Gate, build_gate
-from product_cnn.data.images import ImageSize, checkpoint_decode, image_hw, to_unit_float
+from product_cnn.confidence.gate import Gate, GateOptions
+from product_cnn.data.images import ImageSize, image_hw, to_unit_float
 from product_cnn.errors import ProductCNNError
 from product_cnn.inference.exported import open_session, read_sidecar, sidecar_card
 
@@ -65,13 +65,12 @@ class ModelInfo:
                 "version": project, "calibration": calibration, "gate": gate}
 
 
-def model_info(backend: str, ckpt_path: str | None, onnx_path: str | None,
-               min_confidence: float | None = None, target_accuracy: float | None = None,
-               unknown: bool = True) -> ModelInfo:
+def model_info(backend: str, ckpt_path: str | None, onnx_path: str | None, *,
+               gate: GateOptions | None = None) -> ModelInfo:
     """Class names, architecture, input size and the gate of what will be served; a one-line error
     if unusable (a target accuracy the held-out photos do not reach, too)."""
     info = _model_info(backend, ckpt_path, onnx_path)
-    info.gate = build_gate([info.card], min_confidence, target_accuracy, unknown and backend == "torch")
+    info.gate = (gate or GateOptions()).build([info.card], unknown=backend == "torch")
     return info
 
 
@@ -90,17 +89,13 @@ def _model_info(backend: str, ckpt_path: str | None, onnx_path: str | None) -> M
                          decode=meta.get("decode", "full"))
     if not ckpt_path:
         raise ProductCNNError("missing config value ckpt_path: serve.py ckpt_path=<checkpoint>")
-    from product_cnn.training.checkpoint import read_checkpoint
+    from product_cnn.models.checkpoint import checkpoint_info, read_checkpoint
 
-    checkpoint = read_checkpoint(ckpt_path)
-    hparams = checkpoint["hyper_parameters"]
-    names = list(hparams.get("class_names") or [str(i) for i in range(hparams.get("num_classes", 0))])
-    card = ConfidenceCard.from_dict(checkpoint.get("confidence"))
-    if card is not None:
-        card.bank = None  # the workers read it from the checkpoint; the server process needs the threshold
-    return ModelInfo(names, hparams.get("arch", "keras_cnn"), hparams.get("image_size", 256),
-                     str(ckpt_path), "torch", sha256_of(ckpt_path), card,
-                     decode=checkpoint_decode(checkpoint))
+    info = checkpoint_info(read_checkpoint(ckpt_path))
+    if info.card is not None:
+        info.card.bank = None  # the workers read it from the checkpoint; this process needs the threshold
+    return ModelInfo(info.class_names, info.arch, info.image_size, str(ckpt_path), "torch",
+                     sha256_of(ckpt_path), info.card, decode=info.decode)
 
 
 class TorchBackend:
@@ -109,7 +104,8 @@ class TorchBackend:
     def __init__(self, ckpt_path: str, device: str, unknown: bool = True) -> None:
         from product_cnn.inference.predictor import Predictor
 
-        self.predictor = Predictor.from_checkpoint(ckpt_path, device=device, unknown=unknown)
+        gate = GateOptions(unknown=unknown)
+        self.predictor = Predictor.from_checkpoint(ckpt_path, device=device, gate=gate)
 
     def scores(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
         probs, sims = self.predictor.scores(images)

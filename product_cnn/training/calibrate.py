@@ -19,8 +19,8 @@ from product_cnn.confidence.temperature import calibrated_probs, fit_temperature
 from product_cnn.data.datamodule import ProductDataModule
 from product_cnn.data.dataset import ImageListDataset
 from product_cnn.data.images import to_unit_float
+from product_cnn.models.checkpoint import read_checkpoint
 from product_cnn.models.penultimate import Penultimate
-from product_cnn.training.checkpoint import read_checkpoint
 
 log = logging.getLogger(__name__)
 FALSE_UNKNOWN = 0.02  # the share of held-out product photos the unknown threshold rejects

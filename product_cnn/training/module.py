@@ -22,6 +22,7 @@ from product_cnn.confidence.card import ConfidenceCard
 from product_cnn.confidence.temperature import calibrated_probs
 from product_cnn.data.images import ImageSize, image_hw
 from product_cnn.errors import CheckpointError, ProductCNNError
+from product_cnn.models.checkpoint import checkpoint_info
 from product_cnn.models.networks import MIRROR, build_network
 from product_cnn.models.tta import TTA, check_tta  # noqa: F401  (TTA: part of this module's interface)
 from product_cnn.training.run_record import RunRecord
@@ -157,7 +158,7 @@ class ProductClassifier(L.LightningModule):
         model.check_weights_fit(checkpoint["state_dict"], name)
         if load_weights:
             model.load_state_dict(checkpoint["state_dict"])
-        model.confidence = ConfidenceCard.from_dict(checkpoint.get("confidence"))
+        model.confidence = checkpoint_info(checkpoint).card
         return model
 
     def check_weights_fit(self, state: Mapping[str, torch.Tensor], name: str = "the checkpoint") -> None:
@@ -332,6 +333,8 @@ class ProductClassifier(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["metric_history"] = [dict(h) for h in self.record.history]
+        if self._trainer is not None:  # what inference runs it in by default (models/checkpoint.py)
+            checkpoint["precision"] = str(self.trainer.precision)
         if self.confidence is not None:
             checkpoint["confidence"] = self.confidence.to_dict()
 

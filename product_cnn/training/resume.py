@@ -13,7 +13,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, open_dict
 
 from product_cnn.errors import CheckpointError
-from product_cnn.training.checkpoint import read_checkpoint
+from product_cnn.models.checkpoint import read_checkpoint
 from product_cnn.training.outdir import check_writable
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
 from product_cnn.errors import ProductCNNError
-from product_cnn.training.precision import resolve_precision
+from product_cnn.models.precision import resolve_precision
 
 log = logging.getLogger(__name__)
 

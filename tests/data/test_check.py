@@ -99,7 +99,7 @@ def test_bad_files_stop_training_before_the_first_epoch_or_are_skipped(tree_fact
     dm.setup("fit")
     used = {Path(p).name for samples in dm.split_samples.values() for p, _ in samples}
     assert not used & set(bad)
-    assert {Path(i.path).name for i in dm.check.bad} == set(bad)
+    assert {Path(i.path).name for i in dm.photos.check.bad} == set(bad)
     for split in ("train", "val", "test"):  # every remaining photo decodes
         images, *_ = next(iter(dm._loader(split, shuffle=False)))
         assert images.shape[1:] == (3, 32, 32)
@@ -158,8 +158,9 @@ def test_presplit_leakage_is_reported(tmp_path, caplog):
     Path(leaked).rename(root / "test" / "Bags" / Path(leaked).name)
     dm = ProductDataModule(str(root), image_size=32, batch_size=4)
     dm.setup("fit")
-    assert len(dm.check.leaks) == 1
-    assert dm.check.leaks[0] == {"train": [kept], "test": [str(root / "test" / "Bags" / Path(leaked).name)]}
+    assert len(dm.photos.check.leaks) == 1
+    leak = str(root / "test" / "Bags" / Path(leaked).name)
+    assert dm.photos.check.leaks[0] == {"train": [kept], "test": [leak]}
     assert "Near-duplicates in several splits (leakage)" in caplog.text
 
 

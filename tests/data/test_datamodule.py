@@ -52,7 +52,7 @@ def test_non_images_and_hidden_files_are_ignored(tree_factory):
     (root / "__MACOSX").mkdir()
     dm = _dm(root)
     assert dm.class_names == ["Bags", "Cups"]
-    assert dm.tree.ignored == [str(root / "Bags" / "notes.txt")]
+    assert dm.photos.tree.ignored == [str(root / "Bags" / "notes.txt")]
     assert sum(sum(c) for c in dm.counts().values()) == 10
 
 

@@ -28,6 +28,11 @@ def _folder(root: Path, cache: Path, **kw) -> ProductDataModule:
                              skip_bad_images=True, **kw)
 
 
+def _prepare(folder: ProductDataModule, output: str, **kw):
+    return prepare_shards(folder.photos, output, image_size=folder.hparams.image_size,
+                          decode=folder.hparams.decode, **kw)
+
+
 def _digest(image: torch.Tensor) -> str:
     return hashlib.sha256(image.contiguous().numpy().tobytes()).hexdigest()
 
@@ -42,7 +47,7 @@ def photos(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("store", ["image", "bytes"])
 def test_shards_hold_every_photo_once_as_data_folder_reads_it(tmp_path, photos, store):
-    manifest = prepare_shards(_folder(photos, tmp_path / "cache"), str(tmp_path / "shards"), store=store,
+    manifest = _prepare(_folder(photos, tmp_path / "cache"), str(tmp_path / "shards"), store=store,
                               folds=3, num_workers=2)
     folder = _folder(photos, tmp_path / "cache")
     folder.setup("fit")
@@ -80,29 +85,29 @@ def test_shards_hold_every_photo_once_as_data_folder_reads_it(tmp_path, photos, 
 
 def test_an_interrupted_run_resumes_and_other_photos_are_refused(tmp_path, photos):
     out = tmp_path / "shards"
-    first = prepare_shards(_folder(photos, tmp_path / "cache"), str(out), num_workers=2)
+    first = _prepare(_folder(photos, tmp_path / "cache"), str(out), num_workers=2)
     train_index = (out / "train" / "index.json").stat().st_mtime_ns
     # as if killed while writing val: the manifest (written last), val's list and its shards are gone
     (out / "product_cnn.json").unlink()
     (out / "val.csv").unlink()
     shutil.rmtree(out / "val")
-    again = prepare_shards(_folder(photos, tmp_path / "cache"), str(out), num_workers=2)
+    again = _prepare(_folder(photos, tmp_path / "cache"), str(out), num_workers=2)
     assert again == first
     assert (out / "train" / "index.json").stat().st_mtime_ns == train_index  # finished split kept
     # killed after val's chunks, before litdata's index.json (written last), or before val.csv
     for gone in ("val/index.json", "val.csv"):
         (out / "product_cnn.json").unlink()
         (out / gone).unlink()
-        assert prepare_shards(_folder(photos, tmp_path / "cache"), str(out), num_workers=2) == first
+        assert _prepare(_folder(photos, tmp_path / "cache"), str(out), num_workers=2) == first
         assert len(ShardDataset(str(out / "val"), "image", SIZE)) == sum(first.counts["val"])
-    assert prepare_shards(_folder(photos, tmp_path / "cache"), str(out)) == first  # complete: nothing redone
+    assert _prepare(_folder(photos, tmp_path / "cache"), str(out)) == first  # complete: nothing redone
     other = make_tree(tmp_path / "other", {"Bags": 6, "Cups": 6})
     with pytest.raises(DataError, match="already holds other shards"):
-        prepare_shards(_folder(other, tmp_path / "cache"), str(out))
+        _prepare(_folder(other, tmp_path / "cache"), str(out))
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine")
     with pytest.raises(DataError, match="not empty"):
-        prepare_shards(_folder(other, tmp_path / "cache"), str(tmp_path / "busy"))
+        _prepare(_folder(other, tmp_path / "cache"), str(tmp_path / "busy"))
 
 
 def test_a_path_label_csv_makes_the_same_shards_as_its_folder(tmp_path):
@@ -110,7 +115,7 @@ def test_a_path_label_csv_makes_the_same_shards_as_its_folder(tmp_path):
     listing = root / "photos.csv"
     listing.write_text("path,label\n" + "".join(f"{p.parent.name}/{p.name},{p.parent.name}\n"
                                                 for p in sorted(root.rglob("*.jpg"))))
-    manifest = prepare_shards(_folder(listing, tmp_path / "cache"), str(tmp_path / "shards"), num_workers=1)
+    manifest = _prepare(_folder(listing, tmp_path / "cache"), str(tmp_path / "shards"), num_workers=1)
     assert manifest.class_names == ["Bags", "Cups"] and sum(map(sum, manifest.counts.values())) == 20
     (root / "bad.csv").write_text("path,label\nBags/img_000.jpg,Bags\nmissing.jpg,Cups\n")
     with pytest.raises(DataError, match=r"bad.csv, line 3: missing.jpg is not a file"):
@@ -126,7 +131,7 @@ def _epoch(loader) -> list[list[str]]:
 
 
 def test_the_loader_resumes_mid_epoch_with_exactly_the_remaining_samples(tmp_path, photos):
-    prepare_shards(_folder(photos, tmp_path / "cache"), str(tmp_path / "shards"), num_workers=2)
+    _prepare(_folder(photos, tmp_path / "cache"), str(tmp_path / "shards"), num_workers=2)
 
     def loader():
         dm = StreamingDataModule(str(tmp_path / "shards"), image_size=SIZE, batch_size=4,
@@ -190,7 +195,7 @@ def test_shards_in_s3_are_written_and_streamed_through_litdatas_s3_client(tmp_pa
     import boto3
 
     options = {"endpoint_url": s3_server}
-    manifest = prepare_shards(_folder(photos, tmp_path / "cache"), "s3://shop/shards", num_workers=2,
+    manifest = _prepare(_folder(photos, tmp_path / "cache"), "s3://shop/shards", num_workers=2,
                               storage_options=options)
     keys = {o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket="shop")["Contents"]}
     assert {"shards/product_cnn.json", "shards/train/index.json", "shards/train.csv"} <= keys
@@ -221,7 +226,7 @@ def _rank_epochs(rank: int, world: int, port: int, shards: str, cache: str, out:
 
 @pytest.mark.slow  # about 20 s: two processes
 def test_two_ranks_see_every_training_photo_once_per_epoch_and_every_test_photo_once(tmp_path, photos):
-    prepare_shards(_folder(photos, tmp_path / "cache"), str(tmp_path / "shards"), num_workers=2)
+    _prepare(_folder(photos, tmp_path / "cache"), str(tmp_path / "shards"), num_workers=2)
     torch.multiprocessing.spawn(_rank_epochs, args=(2, _free_port(), str(tmp_path / "shards"),
                                                     str(tmp_path / "cache"), str(tmp_path)), nprocs=2)
     import json
@@ -291,7 +296,7 @@ def test_presets_compose_with_streaming_and_unknown_options_are_refused(tmp_path
 
     from tests.helpers import compose_cfg
 
-    prepare_shards(_folder(photos, tmp_path / "cache"), str(tmp_path / "shards"), num_workers=1)
+    _prepare(_folder(photos, tmp_path / "cache"), str(tmp_path / "shards"), num_workers=1)
     overrides = ["experiment=finetune", "data=streaming", f"data.input_dir={tmp_path / 'shards'}"]
     cfg = compose_cfg("train", overrides, tmp_path / "run", tmp_path / "cache")
     with caplog.at_level("INFO"):

@@ -45,7 +45,7 @@ def test_the_report_gives_the_calibration_and_the_operating_points(tiny_run):
     probs = torch.tensor([[float(r[f"prob_{n}"]) for n in names] for r in rows])
     raw = torch.tensor([[float(r[f"raw_prob_{n}"]) for n in names] for r in rows])
     labels = torch.tensor([names.index(r["label"]) for r in rows])
-    from product_cnn.training.checkpoint import read_checkpoint
+    from product_cnn.models.checkpoint import read_checkpoint
 
     assert section["calibrated_on"] == "validation split (12 photos)"
     assert section["temperature"] == read_checkpoint(tiny_run["best"])["confidence"]["temperature"]

@@ -12,13 +12,16 @@ import pytest
 import torch
 
 from product_cnn.confidence.card import ConfidenceCard
+from product_cnn.confidence.gate import GateOptions
 from product_cnn.data.images import load_image, to_unit_float
 from product_cnn.inference.export import export, sidecar_path
 from product_cnn.inference.predictor import Predictor
+from product_cnn.models.checkpoint import read_checkpoint
 from product_cnn.tasks import predict
-from product_cnn.training.checkpoint import read_checkpoint
 from product_cnn.training.module import ProductClassifier
 from tests.helpers import compose_cfg
+
+NO_UNKNOWN = GateOptions(unknown=False)  # a category for every photo
 
 
 def _photos(tiny_run) -> list[Path]:
@@ -77,7 +80,7 @@ def _sha(paths: list[Path]) -> list[str]:
 def test_min_confidence_routes_exactly_the_photos_under_it(tiny_run, calibrated, tmp_path):
     photos = _photos(tiny_run)
     before = _sha(photos)
-    plain = Predictor.from_checkpoint(calibrated, device="cpu", unknown=False).predict(photos)
+    plain = Predictor.from_checkpoint(calibrated, device="cpu", gate=NO_UNKNOWN).predict(photos)
     threshold = float(np.median([p.confidence for p in plain]))
     out, sort_dir = tmp_path / "out" / "predictions.csv", tmp_path / "sorted"
     cfg = compose_cfg("predict", [f"ckpt_path={calibrated}", f"inputs={tiny_run['root']}", "device=cpu",
@@ -109,7 +112,8 @@ def test_min_confidence_routes_exactly_the_photos_under_it(tiny_run, calibrated,
 def test_target_accuracy_takes_the_threshold_the_held_out_photos_reached(tiny_run):
     card = ConfidenceCard.from_dict(read_checkpoint(tiny_run["best"])["confidence"])
     target = float(card.heldout_correct.float().mean())  # the whole held-out set reaches this
-    predictor = Predictor.from_checkpoint(tiny_run["best"], device="cpu", target_accuracy=target)
+    gate = GateOptions(target_accuracy=target)
+    predictor = Predictor.from_checkpoint(tiny_run["best"], device="cpu", gate=gate)
     assert predictor.gate.min_confidence == pytest.approx(card.threshold_for(target)[0])
     assert predictor.gate.target_accuracy == target
 

@@ -4,8 +4,11 @@ import numpy as np
 import pytest
 import torch
 
+from product_cnn.confidence.gate import GateOptions
 from product_cnn.inference.export import export, load_for_export, sidecar_path
 from product_cnn.inference.predictor import Predictor
+
+NO_UNKNOWN = GateOptions(unknown=False)  # a category for every photo
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +75,7 @@ def test_exported_models_predict_as_the_checkpoint(tiny_run, tmp_path, batch, fm
     got = exported.probabilities(images.numpy())
     assert np.abs(got - _reference(tiny_run["best"], images)).max() < 1e-4
     photos = sorted(tiny_run["root"].rglob("*.jpg"))
-    want = Predictor.from_checkpoint(tiny_run["best"], device="cpu", unknown=False).predict(photos)
+    want = Predictor.from_checkpoint(tiny_run["best"], device="cpu", gate=NO_UNKNOWN).predict(photos)
     for a, b in zip(exported.predict(photos), want, strict=True):
         assert a.source == b.source and a.category == b.category
         assert [p for _, p in a.topk] == pytest.approx([p for _, p in b.topk], abs=1e-4)
@@ -97,7 +100,7 @@ def test_predict_py_runs_an_openvino_export_without_torch(tiny_run, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().endswith("no torch")
     rows = list(csv.DictReader(out.open()))
-    want = Predictor.from_checkpoint(tiny_run["best"], device="cpu", unknown=False).predict(
+    want = Predictor.from_checkpoint(tiny_run["best"], device="cpu", gate=NO_UNKNOWN).predict(
         [r["path"] for r in rows])
     assert len(rows) == 60 and [r["top1_category"] for r in rows] == [p.topk[0][0] for p in want]
 
@@ -132,7 +135,7 @@ def test_runtime_openvino_exports_a_checkpoint_once_into_the_cache(tiny_run, tmp
     made = exports[0].stat().st_mtime_ns
     second = run(1)
     assert exports[0].stat().st_mtime_ns == made  # found again, not exported again
-    want = Predictor.from_checkpoint(tiny_run["best"], device="cpu", unknown=False).predict(
+    want = Predictor.from_checkpoint(tiny_run["best"], device="cpu", gate=NO_UNKNOWN).predict(
         [r["path"] for r in first])
     assert [r["top1_category"] for r in first] == [r["top1_category"] for r in second] == [
         p.topk[0][0] for p in want]

@@ -2,6 +2,7 @@ import csv
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -149,3 +150,23 @@ def test_auto_precision_is_bf16_only_where_the_cpu_has_it():
     assert resolve_inference_precision("32", "cpu", {"avx512_bf16"}) == ("32", None)
     with pytest.raises(ProductCNNError, match="precision='16' is not one of auto, 32, bf16"):
         resolve_inference_precision("16", "cpu")
+
+
+def test_predict_py_on_a_checkpoint_imports_no_lightning(tiny_run, tmp_path):
+    """predict.py on a .ckpt: the network is rebuilt from models/, without the training stack."""
+    import csv
+    import subprocess
+    import sys
+
+    out = tmp_path / "p.csv"
+    script = ("import runpy, sys\n"
+              f"sys.argv = ['predict.py', 'ckpt_path={tiny_run['best']}', 'inputs={tiny_run['root']}',"
+              f" 'output={out}', 'runtime=torch', 'hydra.run.dir={tmp_path / 'run'}']\n"
+              "try:\n    runpy.run_path('predict.py', run_name='__main__')\n"
+              "finally:\n    print(sorted({m.split('.')[0] for m in sys.modules} & {'lightning', "
+              "'pytorch_lightning', 'torchmetrics'}))\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parents[2], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+    assert len(list(csv.DictReader(out.open()))) == 60

@@ -75,7 +75,7 @@ class _Counting:
 
 
 def test_a_restart_keeps_finished_parts_and_other_inputs_are_refused(tiny_run, tmp_path):
-    predictor = Predictor.from_checkpoint(tiny_run["best"], "cpu")
+    predictor = Predictor.from_checkpoint(tiny_run["best"], device="cpu")
     files = sorted(str(p) for p in Path(tiny_run["root"]).rglob("*.jpg"))
     out = tmp_path / "p.csv"
     interrupted = _Counting(predictor, fail_on=3)
@@ -95,7 +95,8 @@ def test_a_restart_keeps_finished_parts_and_other_inputs_are_refused(tiny_run, t
 def test_predict_reads_shards_and_names_each_photo(tiny_run, tmp_path):
     folder = ProductDataModule(root=str(tiny_run["root"]), image_size=64, cache=False,
                                cache_dir=str(tmp_path / "cache"))
-    prepare_shards(folder, str(tmp_path / "shards"), store="bytes", num_workers=2)
+    prepare_shards(folder.photos, str(tmp_path / "shards"), image_size=64, decode="reduced", store="bytes",
+                   num_workers=2)
     proc = _predict(tmp_path, "shards", f"ckpt_path={tiny_run['best']}", f"inputs={tmp_path / 'shards'}",
                     f"output={tmp_path}/s.csv")
     assert proc.wait(timeout=300) == 0, proc.stderr.read()[-2000:]

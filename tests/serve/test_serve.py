@@ -17,9 +17,12 @@ import pytest
 from PIL import Image
 
 from product_cnn.confidence.card import ConfidenceCard
+from product_cnn.confidence.gate import GateOptions
 from product_cnn.inference.predictor import Predictor
-from product_cnn.training.checkpoint import read_checkpoint
+from product_cnn.models.checkpoint import read_checkpoint
 from tests.helpers import REPO
+
+NO_UNKNOWN = GateOptions(unknown=False)  # a category for every photo
 
 httpx = pytest.importorskip("httpx")
 KEY = "test-key-123"
@@ -198,7 +201,7 @@ def _alive(pid: int) -> bool:
 def test_unsure_answers_and_sigterm_stops_every_server_process(tiny_run, photos, tmp_path):
     running = Server(tmp_path, f"ckpt_path={tiny_run['best']}", "device=cpu", "min_confidence=0.999")
     try:
-        want = Predictor.from_checkpoint(tiny_run["best"], device="cpu", unknown=False).predict(photos)
+        want = Predictor.from_checkpoint(tiny_run["best"], device="cpu", gate=NO_UNKNOWN).predict(photos)
         low = min(zip(want, photos, strict=True), key=lambda x: x[0].confidence)
         assert low[0].confidence < 0.999
         got = _post_file(running.url, low[1], headers={}).json()
@@ -331,7 +334,7 @@ def test_the_web_page_classifies_a_dropped_photo_in_a_real_browser(server, photo
 @pytest.mark.slow  # a second server and browser (about 30 s); CI runs the slow tests too
 def test_the_web_page_marks_a_held_back_photo_needs_review(tiny_run, photos, tmp_path):
     _browser().quit()  # skips here, before a server starts, when there is no browser
-    want = Predictor.from_checkpoint(tiny_run["best"], device="cpu", unknown=False).predict(photos)
+    want = Predictor.from_checkpoint(tiny_run["best"], device="cpu", gate=NO_UNKNOWN).predict(photos)
     low = min(zip(want, photos, strict=True), key=lambda x: x[0].confidence)
     assert low[0].confidence < 0.999
     running = Server(tmp_path, f"ckpt_path={tiny_run['best']}", "device=cpu", "min_confidence=0.999",

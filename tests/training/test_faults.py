@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from product_cnn.errors import CheckpointError, ProductCNNError
+from product_cnn.models.checkpoint import read_checkpoint
 from product_cnn.tasks import train
-from product_cnn.training.checkpoint import read_checkpoint
 from product_cnn.training.checkpoint_io import AtomicCheckpointIO
 from product_cnn.training.outdir import check_writable
 from tests.helpers import REPO, make_tree
@@ -217,7 +217,7 @@ def test_streaming_killed_mid_epoch_resumes_with_the_remaining_samples(tmp_path,
     shards = tmp_path / "shards"
     folder = ProductDataModule(root=str(photos), image_size=32, cache=False,
                                cache_dir=str(tmp_path / "cache"))
-    prepare_shards(folder, str(shards), num_workers=2)
+    prepare_shards(folder.photos, str(shards), image_size=32, decode="reduced", num_workers=2)
     args = ["data=streaming", f"data.input_dir={shards}", "data.batch_size=4",
             "data.checkpoint_every_n_steps=1", "trainer.max_epochs=2", "trainer.deterministic=true"]
     tiny = [a for a in TINY if not a.startswith(("data=", "data.batch_size"))]

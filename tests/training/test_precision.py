@@ -2,7 +2,7 @@
 
 import pytest
 
-from product_cnn.training.precision import resolve_precision
+from product_cnn.models.precision import resolve_precision
 
 
 @pytest.mark.parametrize(("flags", "expected"), [
@@ -28,8 +28,8 @@ def test_gpu_support_decides_and_overrides_win():
 def test_auto_reaches_the_trainer(train_cfg, tree_factory, monkeypatch, caplog):
     import logging
 
+    from product_cnn.models import precision
     from product_cnn.tasks import train
-    from product_cnn.training import precision
 
     monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2"})
     root = tree_factory({"Bags": 6, "Cups": 6})

@@ -90,8 +90,6 @@ class StreamingDataModule(CountedSplits, DeviceBatches, L.LightningDataModule):
         self.save_hyperparameters(ignore=list(folder_options))
         self.manifest: Manifest | None = None
         self.split_samples: dict[str, list[Sample]] = {}
-        self.check = None  # the photos were checked when the shards were made (manifest.bad)
-        self.tree = None
         self._loaders: dict[str, ResumableLoader] = {}
 
     # what the rest of the project reads from a data module
@@ -161,18 +159,10 @@ class StreamingDataModule(CountedSplits, DeviceBatches, L.LightningDataModule):
             storage_options=hp.storage_options or {},
         )
 
-    @classmethod
-    def from_checkpoint(cls, checkpoint: dict[str, Any], overrides: dict[str, Any] | None = None,
-                        class_names: Sequence[str] | None = None) -> StreamingDataModule:
-        """The shards a checkpoint was trained on, with every non-None ``overrides`` field it takes."""
-        import inspect
-
-        params = dict(checkpoint.get("datamodule_hyper_parameters") or {})
-        known = set(inspect.signature(cls.__init__).parameters) - {"self"}
-        params.update({k: v for k, v in (overrides or {}).items() if v is not None and k in known})
-        if class_names is not None:
-            params["classes"] = list(class_names)
-        return cls(**{k: v for k, v in params.items() if k in known})
+    def peek_class_names(self) -> list[str]:
+        """The class names of the shards' manifest."""
+        self.setup("fit")
+        return self.class_names
 
     def _loader(self, split: str, shuffle: bool) -> ResumableLoader:
         hp = self.hparams

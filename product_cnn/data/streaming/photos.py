@@ -76,3 +76,14 @@ def shard_photos(location: str, storage_options: dict[str, Any] | None = None) -
         reader = _Split(location, split, manifest.class_names, storage_options)
         photos += [ShardPhoto(reader, i, manifest.store, split) for i in range(len(reader.dataset))]
     return photos
+
+
+def photo_inputs(inputs: Any) -> tuple[Sequence[Any], bool]:
+    """predict.py's ``inputs`` -> (what to classify, whether it is a shard folder): files, folders and
+    glob patterns (:func:`~product_cnn.data.folder.expand_inputs`), or a folder of shards
+    (prepare_data.py), whose items decode themselves."""
+    from product_cnn.data.folder import expand_inputs
+
+    if isinstance(inputs, str) and is_shards(inputs):
+        return shard_photos(inputs), True
+    return expand_inputs(inputs), False

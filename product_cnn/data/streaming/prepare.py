@@ -21,8 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from product_cnn.data.datamodule import ProductDataModule
-from product_cnn.data.folds import assign_folds
+from product_cnn.data.catalogue import PhotoCatalogue
 from product_cnn.data.images import load_array
 from product_cnn.data.split import relkey
 from product_cnn.data.streaming.location import exists, is_remote, join, read_text, resolve, write_text
@@ -53,28 +52,19 @@ class ShardItem:
         return {"image": image, "label": label, "index": index}
 
 
-def _fingerprint(store: str, dm: ProductDataModule, folds: int | None) -> str:
-    hp = dm.hparams
-    rows = sorted((split, relkey(p, hp.root), label) for split, samples in dm.split_samples.items()
+def _fingerprint(store: str, photos: PhotoCatalogue, image_size: int, decode: str, folds: int | None) -> str:
+    rows = sorted((split, relkey(p, photos.root), label) for split, samples in photos.split_samples.items()
                   for p, label in samples)
-    text = json.dumps([store, hp.image_size, hp.decode, dm.class_names, folds, rows])
+    text = json.dumps([store, image_size, decode, photos.class_names, folds, rows])
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
-def _fold_of(dm: ProductDataModule, folds: int | None) -> dict[str, int]:
-    """Each photo's fold under ``data.folds=folds`` as training computes it (unsplit trees only)."""
-    if not folds or dm.tree is None or dm.tree.presplit or dm.hparams.test_all:
-        return {}
-    groups = dm.check.groups if dm.check is not None and dm.hparams.group_duplicates else []
-    every = [s for samples in dm.split_samples.values() for s in samples]
-    return assign_folds(every, dm.class_names, dm.hparams.root, folds, dm.hparams.split_seed, groups)
-
-
-def prepare_shards(datamodule: ProductDataModule, output: str, store: str = "image", folds: int | None = 5,
-                   num_workers: int | None = None, chunk_bytes: str = "64MB",
+def prepare_shards(photos: PhotoCatalogue, output: str, *, image_size: int, decode: str, store: str = "image",
+                   folds: int | None = 5, num_workers: int | None = None, chunk_bytes: str = "64MB",
                    storage_options: dict[str, Any] | None = None) -> Manifest:
-    """Write the shards of ``datamodule``'s photos to ``output`` (a folder or ``s3://...``); return
-    the manifest. Already complete (same photos and options): nothing is redone."""
+    """Write the shards of the catalogue's photos, decoded (``decode``) at ``image_size``, to ``output``
+    (a folder or ``s3://...``); return the manifest. Already complete (same photos and options):
+    nothing is redone."""
     from litdata import optimize
 
     if store not in STORES:
@@ -82,15 +72,14 @@ def prepare_shards(datamodule: ProductDataModule, output: str, store: str = "ima
     output = resolve(output)
     if not is_remote(output) and os.path.isfile(output):
         raise DataError(f"output={output} is a file: give a folder (or s3://bucket/prefix) for the shards")
-    dm = datamodule
-    dm.setup("fit")
-    hp = dm.hparams
-    if hp.extra and dm.extra is not None:
-        log.info("data.extra: %d more training photo(s) go into the train shards", len(dm.extra.samples))
+    photos.load()
+    log.info("%s", photos.describe())
+    if photos.extra is not None:
+        log.info("data.extra: %d more training photo(s) go into the train shards", len(photos.extra.samples))
     if folds is not None and folds < 2:
         raise DataError(f"folds={folds}: a k-fold assignment needs at least 2 folds (or folds=null)")
-    fold_of = _fold_of(dm, folds)
-    fingerprint = _fingerprint(store, dm, folds if fold_of else None)
+    fold_of = photos.fold_of(folds)
+    fingerprint = _fingerprint(store, photos, image_size, decode, folds if fold_of else None)
     intent_path = join(output, INTENT)
     if exists(join(output, MANIFEST), storage_options):
         done = Manifest.from_json(read_text(join(output, MANIFEST), storage_options), output)
@@ -110,10 +99,10 @@ def prepare_shards(datamodule: ProductDataModule, output: str, store: str = "ima
     write_text(intent_path, json.dumps({"fingerprint": fingerprint}), storage_options)
 
     workers = num_workers or os.cpu_count() or 1
-    item = ShardItem(store, hp.image_size, hp.decode)
-    names = dm.class_names
+    item = ShardItem(store, image_size, decode)
+    names = photos.class_names
     for split in ("train", "val", "test"):
-        samples = dm.split_samples.get(split) or []
+        samples = photos.split_samples.get(split) or []
         if not samples:
             continue
         where = join(output, split)
@@ -126,7 +115,7 @@ def prepare_shards(datamodule: ProductDataModule, output: str, store: str = "ima
         start = time.perf_counter()
         inputs = [(i, p, label) for i, (p, label) in enumerate(samples)]
         # written in a seeded random order: a chunk (and so a batch) mixes classes; index = csv row
-        random.Random(f"{hp.split_seed}:{split}").shuffle(inputs)
+        random.Random(f"{photos.split_seed}:{split}").shuffle(inputs)
         optimize(fn=item, inputs=inputs, output_dir=where,
                  num_workers=min(workers, len(samples)), chunk_bytes=chunk_bytes, use_checkpoint=True,
                  reorder_files=False, storage_options=storage_options or {}, verbose=False,
@@ -135,11 +124,11 @@ def prepare_shards(datamodule: ProductDataModule, output: str, store: str = "ima
         write_samples(output, split, rows, storage_options)
         log.info("%s: %d photos in %.1f s (%.0f photos/s, %d workers)", split, len(samples), seconds,
                  len(samples) / seconds, min(workers, len(samples)))
-    bad = [[b.path, str(b.error)] for b in (dm.check.bad if dm.check is not None else [])]
-    manifest = Manifest(class_names=names, store=store, image_size=hp.image_size, decode=hp.decode,
-                        root=hp.root, how=dm.describe().splitlines()[0], counts=dm.counts(),
+    bad = [[b.path, str(b.error)] for b in (photos.check.bad if photos.check is not None else [])]
+    manifest = Manifest(class_names=names, store=store, image_size=image_size, decode=decode,
+                        root=photos.root, how=photos.describe().splitlines()[0], counts=photos.counts(),
                         folds=folds if fold_of else None, fingerprint=fingerprint, bad=bad,
-                        near_duplicate_groups=len(dm.check.groups) if dm.check is not None else 0)
+                        near_duplicate_groups=len(photos.check.groups) if photos.check is not None else 0)
     write_text(join(output, MANIFEST), manifest.to_json(), storage_options)
     for path, reason in bad:
         log.warning("Left out (unreadable): %s: %s", path, reason)
