@@ -37,7 +37,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if start.resumed is not None:
         check_resume_fits(start.ckpt_path, start.resumed, model, datamodule.root)
     if cfg.get("probe"):  # a linear head on cached features: experiment=probe, or LP-FT's first step
-        fit_probe_head(cfg.probe, model, datamodule, cfg.get("seed"), cfg.get("confidence"))
+        fit_probe_head(cfg.probe, model, datamodule, seed=cfg.get("seed"), confidence=cfg.get("confidence"))
         if not cfg.probe.get("finetune"):
             return save_probe(cfg, model, datamodule)
     metrics = fit_and_test(cfg, model, datamodule, ckpt_path=start.ckpt_path, tta=start.tta)
@@ -119,10 +119,10 @@ def predict(cfg: DictConfig) -> int:
              predictor.describe(cfg.ckpt_path), predictor.device, predictor.gate.describe())
     if plan.part_size:  # catalogue scale: this rank's parts, merged by the last rank to finish
         log.info("In parts of %d photos: rank %d of %d", plan.part_size, plan.rank, plan.world)
-        return predict_in_parts(predictor, files, cfg.output, cfg.topk, plan.part_size, plan.rank, plan.world,
-                                cfg.get("sort_into"))[1]
+        return predict_in_parts(predictor, files, cfg.output, topk=cfg.topk, part_size=plan.part_size,
+                                rank=plan.rank, world_size=plan.world, sort_dir=cfg.get("sort_into"))[1]
     predictions = predictor.predict(files, topk=cfg.topk, progress=len(files) > cfg.batch_size)
-    save_predictions(predictions, cfg.output, cfg.topk, cfg.get("sort_into"), predictor.gate)
+    save_predictions(predictions, cfg.output, cfg.topk, sort_dir=cfg.get("sort_into"), gate=predictor.gate)
     return sum(not p.ok for p in predictions)
 
 
@@ -137,8 +137,9 @@ def find_label_issues(cfg: DictConfig) -> str:
     """Rank the photos of a k-fold sweep whose label is most likely wrong; return the HTML sheet's path."""
     from product_cnn.evaluation.label_issues import write_label_issues
 
-    _, html_path, _ = write_label_issues(cfg.cv_dir, cfg.get("data_root"), cfg.get("output_dir"),
-                                         cfg.filter_by, cfg.thumbnail, cfg.paths.cache_dir)
+    _, html_path, _ = write_label_issues(cfg.cv_dir, data_root=cfg.get("data_root"),
+                                         output_dir=cfg.get("output_dir"), filter_by=cfg.filter_by,
+                                         thumbnail=cfg.thumbnail, cache_dir=cfg.paths.cache_dir)
     return str(html_path)
 
 

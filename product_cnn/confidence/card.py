@@ -58,7 +58,7 @@ class ConfidenceCard:
         return line
 
 
-def card_from_heldout(temperature: float, source: str, raw_probs: torch.Tensor, probs: torch.Tensor,
+def card_from_heldout(temperature: float, source: str, *, raw_probs: torch.Tensor, probs: torch.Tensor,
                       labels: torch.Tensor) -> ConfidenceCard:
     """A card from held-out predictions before (``raw_probs``) and after (``probs``) scaling."""
     labels = torch.as_tensor(labels).long()

@@ -62,7 +62,7 @@ def _checksum(path: Path) -> str:
 class DecodedImageCache:
     """uint8 image tensors for ``paths`` (in that order), decoded once and stored on disk."""
 
-    def __init__(self, paths: Sequence[str], image_size: ImageSize, cache_dir: str | Path,
+    def __init__(self, paths: Sequence[str], image_size: ImageSize, *, cache_dir: str | Path,
                  memory_limit: int = 4 << 30, workers: int | None = None, decode: str = "reduced") -> None:
         self.paths = list(paths)
         self.shape = (3, *image_hw(image_size))

@@ -143,17 +143,20 @@ class PhotoCatalogue:
         if self.test_all:
             return {"train": [], "val": [], "test": sorted(tree.splits["all"])}
         if self.folds is not None:
-            return kfold_split(tree.splits["all"], tree.class_names, self.root, self.folds, self.fold,
-                               self.val_fraction, self.split_seed, groups)
+            return kfold_split(tree.splits["all"], tree.class_names, self.root, folds=self.folds,
+                               fold=self.fold,
+                               val_fraction=self.val_fraction, seed=self.split_seed, groups=groups)
         return stratified_split(tree.splits["all"], tree.class_names, self.root,
-                                self.val_fraction, self.test_fraction, self.split_seed, groups)
+                                val_fraction=self.val_fraction, test_fraction=self.test_fraction,
+                                seed=self.split_seed, groups=groups)
 
     def fold_of(self, folds: int | None) -> dict[str, int]:
         """Each photo's fold under ``data.folds=folds`` as training computes it (unsplit trees only)."""
         if not folds or self.tree is None or self.tree.presplit or self.test_all:
             return {}
         every = [s for samples in self.split_samples.values() for s in samples]
-        return assign_folds(every, self.class_names, self.root, folds, self.split_seed, self.groups)
+        return assign_folds(every, self.class_names, self.root, folds=folds, seed=self.split_seed,
+                            groups=self.groups)
 
     def counts(self) -> dict[str, list[int]]:
         """Photos per class for each split: ``{"train": [n_class0, ...], ...}``."""

@@ -204,7 +204,7 @@ def check_tree(tree: FolderTree, cache_dir: str | Path | None, skip_bad: bool = 
 
 
 def check_report(check: TreeCheck, tree: FolderTree, splits: Mapping[str, Sequence[Sample]],
-                 grouped: bool, show_groups: int = 20) -> str:
+                 *, grouped: bool, show_groups: int = 20) -> str:
     """What ``check_data.py`` prints under the split table: sizes and modes, unreadable files,
     exact and near-duplicates (with the split each photo went to) and, for pre-split trees,
     near-duplicates shared between splits."""

@@ -117,7 +117,7 @@ class ProductDataModule(CountedSplits, DeviceBatches, L.LightningDataModule):
         self.photos.load()
         self.mix = build_mix(hp.mixup_alpha, hp.cutmix_alpha, len(self.class_names))
         if hp.cache:
-            self.cache = DecodedImageCache(self.photos.paths, hp.image_size, self.cache_dir,
+            self.cache = DecodedImageCache(self.photos.paths, hp.image_size, cache_dir=self.cache_dir,
                                            memory_limit=hp.cache_memory_mb * 2**20, decode=hp.decode)
         self._ready = True
         log.info("%s", self.describe())
@@ -134,7 +134,7 @@ class ProductDataModule(CountedSplits, DeviceBatches, L.LightningDataModule):
         """The dataset for ``split`` (one of train, val, test)."""
         if split not in self.split_samples:
             raise DataError(f"no {split} split in {self.hparams.root}")
-        return ImageListDataset(self.split_samples[split], self.hparams.image_size, self.cache,
+        return ImageListDataset(self.split_samples[split], self.hparams.image_size, cache=self.cache,
                                 with_index=split == "test", decode=self.hparams.decode)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:

@@ -19,7 +19,7 @@ class ImageListDataset(Dataset):
     """
 
     def __init__(self, samples: list[Sample], image_size: ImageSize = 256,
-                 cache: DecodedImageCache | None = None, with_index: bool = False,
+                 *, cache: DecodedImageCache | None = None, with_index: bool = False,
                  decode: str = "reduced") -> None:
         self.samples = samples
         self.image_size = image_size

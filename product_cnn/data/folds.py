@@ -25,7 +25,7 @@ def check_fold(folds: int, fold: int) -> None:
         raise DataError(f"data.fold={fold} is not one of 0..{folds - 1} (data.folds={folds})")
 
 
-def assign_folds(samples: Sequence[Sample], class_names: Sequence[str], root: str, folds: int,
+def assign_folds(samples: Sequence[Sample], class_names: Sequence[str], root: str, *, folds: int,
                  seed: int = 42, groups: Sequence[Sequence[str]] = ()) -> dict[str, int]:
     """The fold (0..folds-1) of every sample's path."""
     by_class = class_units(samples, groups)
@@ -47,13 +47,13 @@ def assign_folds(samples: Sequence[Sample], class_names: Sequence[str], root: st
     return fold_of
 
 
-def kfold_split(samples: Sequence[Sample], class_names: Sequence[str], root: str, folds: int, fold: int,
+def kfold_split(samples: Sequence[Sample], class_names: Sequence[str], root: str, *, folds: int, fold: int,
                 val_fraction: float = 0.2, seed: int = 42,
                 groups: Sequence[Sequence[str]] = ()) -> dict[str, list[Sample]]:
     """``{"train", "val", "test"}`` for fold ``fold`` of ``folds``: the fold is the test split,
     ``val_fraction`` of the other folds' photos (per class) validate, the rest trains."""
     check_fold(folds, fold)
-    fold_of = assign_folds(samples, class_names, root, folds, seed, groups)
+    fold_of = assign_folds(samples, class_names, root, folds=folds, seed=seed, groups=groups)
     test = sorted(s for s in samples if fold_of[s[0]] == fold)
     rest = [s for s in samples if fold_of[s[0]] != fold]
     parts = stratified_split(rest, class_names, root, val_fraction=val_fraction, test_fraction=0.0,

@@ -40,7 +40,7 @@ def stratified_split(
     samples: Sequence[Sample],
     class_names: Sequence[str],
     root: str,
-    val_fraction: float = 0.2,
+    *, val_fraction: float = 0.2,
     test_fraction: float = 0.1,
     seed: int = 42,
     groups: Sequence[Sequence[str]] = (),

@@ -147,16 +147,17 @@ class ReportWriter(Callback):
         if per_photo and record.test_raw_probs is not None:
             indices, probs = record.test_predictions
             labels = torch.tensor([datamodule.split_samples["test"][int(i)][1] for i in indices])
-            report["confidence"] = confidence_section(probs, record.test_raw_probs, labels,
-                                                      record.temperature, record.confidence)
+            report["confidence"] = confidence_section(probs, record.test_raw_probs, labels=labels,
+                                                      temperature=record.temperature, card=record.confidence)
         paths = write_report(self.dirpath, report, record.history)
         if per_photo:
             indices, probs = record.test_predictions
             raw = record.test_raw_probs
             paths.append(write_test_predictions(
                 Path(self.dirpath, PREDICTIONS_FILE), datamodule.split_samples["test"],
-                datamodule.root, record.class_names, indices.tolist(), probs.numpy(),
-                raw.numpy() if raw is not None else None))
+                datamodule.root, class_names=record.class_names, indices=indices.tolist(),
+                probs=probs.numpy(),
+                raw_probs=raw.numpy() if raw is not None else None))
             if "confidence" in report:
                 paths += write_confidence_figures(self.dirpath, probs, raw, labels)
                 self._log_figures(trainer, probs, raw, labels)

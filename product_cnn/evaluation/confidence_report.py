@@ -23,7 +23,7 @@ from product_cnn.confidence.temperature import ECE_BINS, calibration_error, reli
 CONFIDENCE_FILES = ("calibration.png", "coverage.png")
 
 
-def confidence_section(probs: torch.Tensor, raw_probs: torch.Tensor, labels: torch.Tensor,
+def confidence_section(probs: torch.Tensor, raw_probs: torch.Tensor, *, labels: torch.Tensor,
                        temperature: float | list[float] = 1.0, card: ConfidenceCard | None = None
                        ) -> dict[str, Any]:
     """What ``metrics.json`` / ``cv_summary.json`` say about confidence on these photos.

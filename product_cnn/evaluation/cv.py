@@ -165,7 +165,7 @@ def _oof_confidence(probs: torch.Tensor, raw: torch.Tensor, labels: torch.Tensor
     """The pooled confidence section: each fold scaled by its own temperature; and, for comparison,
     one temperature fitted on the other folds' out-of-fold predictions (the log of their raw
     probabilities as logits), which needs no validation split."""
-    section = confidence_section(probs, raw, labels, temperatures)
+    section = confidence_section(probs, raw, labels=labels, temperature=temperatures)
     logits = raw.double().clamp_min(1e-12).log()
     cross = torch.zeros_like(probs)
     for k in folds.unique():

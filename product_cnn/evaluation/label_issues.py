@@ -81,7 +81,7 @@ def conflicting_groups(paths: Sequence[str], labels: Sequence[str], root: str,
 
 
 def find_issues(rows: Sequence[dict[str, str]], class_names: Sequence[str], root: str,
-                filter_by: str = "predicted_neq_given",
+                *, filter_by: str = "predicted_neq_given",
                 cache_dir: str | Path | None = None) -> list[LabelIssue]:
     """Conflicting near-duplicate groups first, then cleanlab's issues by self-confidence."""
     from cleanlab.filter import find_label_issues
@@ -167,7 +167,8 @@ def _html(issues: Sequence[LabelIssue], root: str, total: int, side: int) -> str
     return _PAGE.format(title=html.escape(root), intro=intro, sections="\n".join(sections), css=CARD_CSS)
 
 
-def write_label_issues(cv_dir: str | Path, data_root: str | None = None, output_dir: str | Path | None = None,
+def write_label_issues(cv_dir: str | Path, *, data_root: str | None = None,
+                       output_dir: str | Path | None = None,
                        filter_by: str = "predicted_neq_given", thumbnail: int = 160,
                        cache_dir: str | Path | None = None) -> tuple[Path, Path, list[LabelIssue]]:
     """Find the issues of the sweep in ``cv_dir``; write label_issues.csv and .html (default: into it)."""
@@ -176,7 +177,7 @@ def write_label_issues(cv_dir: str | Path, data_root: str | None = None, output_
     if not root or not Path(root).is_dir():
         raise DataError(f"the photos of {cv_dir} are not at {root or '(no data root recorded)'}: "
                         "pass data_root=/path/to/photos")
-    issues = find_issues(rows, names, root, filter_by, cache_dir)
+    issues = find_issues(rows, names, root, filter_by=filter_by, cache_dir=cache_dir)
     out = Path(output_dir or cv_dir)
     csv_path, html_path = out / "label_issues.csv", out / "label_issues.html"
     write_text(csv_path, _csv(issues))

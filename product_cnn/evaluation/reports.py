@@ -184,7 +184,7 @@ def raw_columns(class_names: Sequence[str]) -> list[str]:
 
 
 def write_test_predictions(path: str | Path, samples: Sequence[tuple[str, int]], root: str,
-                           class_names: Sequence[str], indices: Sequence[int], probs: np.ndarray,
+                           *, class_names: Sequence[str], indices: Sequence[int], probs: np.ndarray,
                            raw_probs: np.ndarray | None = None) -> Path:
     """One row per test photo: path (relative to ``root``), label, predicted, the (calibrated)
     probabilities, and those before temperature scaling when given."""

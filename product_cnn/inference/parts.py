@@ -73,7 +73,7 @@ def _plan(inputs: Sequence[Any], part_size: int, topk: int) -> dict[str, Any]:
             "topk": topk, "inputs_sha256": digest}
 
 
-def predict_in_parts(predictor: Any, inputs: Sequence[Any], output: str | Path, topk: int, part_size: int,
+def predict_in_parts(predictor: Any, inputs: Sequence[Any], output: str | Path, *, topk: int, part_size: int,
                      rank: int = 0, world_size: int = 1, sort_dir: str | Path | None = None
                      ) -> tuple[Path | None, int]:
     """Classify this rank's parts of ``inputs`` (skipping finished ones); merge when every part is

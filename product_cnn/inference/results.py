@@ -119,7 +119,7 @@ def sort_into(predictions: Sequence[Prediction], directory: str | Path) -> int:
     return copied
 
 
-def save_predictions(predictions: Sequence[Prediction], output: str | Path, topk: int,
+def save_predictions(predictions: Sequence[Prediction], output: str | Path, topk: int, *,
                      sort_dir: str | Path | None = None, gate: Gate | None = None) -> Path:
     """predict.py's outputs: the results file, copies into ``sort_dir`` (if given), with a gate
     ``review.csv`` and ``review.html`` next to the results, and the log lines that say what could

@@ -103,7 +103,7 @@ class TimmNet(nn.Module):
     """``normalize -> backbone -> head`` around a timm network: the normalisation its pretrained
     config names, timm's model without its classifier, a fresh linear head for our classes."""
 
-    def __init__(self, arch: str, num_classes: int, pretrained: bool = False,
+    def __init__(self, arch: str, num_classes: int, *, pretrained: bool = False,
                  weights_path: str | None = None, image_size: ImageSize | None = None) -> None:
         super().__init__()
         import timm
@@ -176,7 +176,8 @@ def _download(arch: str) -> dict[str, torch.Tensor]:
         ) from None
 
 
-def build_network(arch: str = MIRROR, num_classes: int = 5, image_size: ImageSize = 256, dropout: float = 0.1,
+def build_network(arch: str = MIRROR, num_classes: int = 5, image_size: ImageSize = 256, *,
+                  dropout: float = 0.1,
                   pretrained: bool = False, weights_path: str | None = None) -> nn.Module:
     """The network called ``arch`` (see :data:`ARCHITECTURES`) with ``num_classes`` outputs."""
     if arch == MIRROR:
@@ -187,7 +188,8 @@ def build_network(arch: str = MIRROR, num_classes: int = 5, image_size: ImageSiz
     if arch in TORCHVISION:
         return TorchvisionNet(arch, num_classes, pretrained, weights_path)
     if is_timm(arch):
-        return TimmNet(arch.removeprefix("timm/"), num_classes, pretrained, weights_path, image_size)
+        return TimmNet(arch.removeprefix("timm/"), num_classes, pretrained=pretrained,
+                       weights_path=weights_path, image_size=image_size)
     raise ProductCNNError(f"unknown architecture {arch!r}: choose one of {', '.join(ARCHITECTURES)} or a "
                           "timm architecture (python -c 'import timm; print(timm.list_models())')")
 

@@ -39,7 +39,7 @@ class ClassifierAPI(ls.LitAPI):
     a photo the gate holds back answers ``"category": null`` with ``"unsure": true`` or
     ``"unknown": true``, its top-k kept."""
 
-    def __init__(self, info: ModelInfo, ckpt_path: str | None, onnx_path: str | None, topk: int = 3,
+    def __init__(self, info: ModelInfo, ckpt_path: str | None, onnx_path: str | None, *, topk: int = 3,
                  max_files: int = 16, max_bytes: int = 20 * 2**20, api_key: str | None = None,
                  max_batch_size: int = 8, batch_timeout: float = 0.005) -> None:
         super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path="/predict")
@@ -49,7 +49,7 @@ class ClassifierAPI(ls.LitAPI):
 
     def setup(self, device: str) -> None:
         tune_malloc()  # in the worker process, where the network runs (as predict.py does)
-        self.backend = load_backend(self.info.backend, self.ckpt_path, self.onnx_path, device,
+        self.backend = load_backend(self.info.backend, self.ckpt_path, self.onnx_path, device=device,
                                     unknown=self.info.gate.unknown_threshold is not None)
 
     def authorize(self, request: Request) -> None:

@@ -123,6 +123,6 @@ class ExportedBackend:
         return self.run(to_unit_float(images).numpy()), None
 
 
-def load_backend(backend: str, ckpt_path: str | None, onnx_path: str | None, device: str,
+def load_backend(backend: str, ckpt_path: str | None, onnx_path: str | None, *, device: str,
                  unknown: bool = True) -> Any:
     return ExportedBackend(onnx_path) if backend in EXPORTED else TorchBackend(ckpt_path, device, unknown)

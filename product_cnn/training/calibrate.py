@@ -67,7 +67,8 @@ def fit_confidence(model: L.LightningModule, datamodule: ProductDataModule, opti
     views, val_features, labels = network_outputs(model, val, hp.batch_size, hp.num_workers)
     temperature = fit_temperature(views, labels)
     card = card_from_heldout(temperature, f"validation split ({len(labels)} photos)",
-                             calibrated_probs(views, 1.0), calibrated_probs(views, temperature), labels)
+                             raw_probs=calibrated_probs(views, 1.0),
+                             probs=calibrated_probs(views, temperature), labels=labels)
     _, train_features, _ = network_outputs(model, datamodule.dataset("train"), hp.batch_size, hp.num_workers)
     bank = feature_bank(train_features, int(options.get("bank_size", BANK_SIZE)))
     false_unknown = float(options.get("false_unknown", FALSE_UNKNOWN))
@@ -76,7 +77,7 @@ def fit_confidence(model: L.LightningModule, datamodule: ProductDataModule, opti
 
 
 def calibrate_after_fit(trainer: L.Trainer, model: L.LightningModule, datamodule: ProductDataModule,
-                        tta: str, options: Any = None) -> ConfidenceCard | None:
+                        *, tta: str, options: Any = None) -> ConfidenceCard | None:
     """Fit the card of the checkpoint the run chose (with the final test's ``tta``) and store it in
     that checkpoint (not in ``last.ckpt``: that one is for resuming, and a resumed run fits its own);
     the test after fit then reports with it. None (a note in the log) with too few validation photos."""

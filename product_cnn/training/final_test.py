@@ -19,7 +19,7 @@ def best_score(trainer: L.Trainer) -> dict[str, float]:
 
 
 def test_after_fit(trainer: L.Trainer, model: L.LightningModule, datamodule: L.LightningDataModule,
-                   has_val: bool, tta: str) -> dict[str, float]:
+                   *, has_val: bool, tta: str) -> dict[str, float]:
     """Test the saved checkpoint the run chose, saying which; return the test metrics."""
     best = trainer.checkpoint_callback
     best_path = best.best_model_path if best is not None else ""

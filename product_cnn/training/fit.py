@@ -55,9 +55,9 @@ def fit_and_test(cfg: DictConfig, model: Any, datamodule: Any, *, ckpt_path: str
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()} | best_score(trainer)
     if has_val and (cfg.get("confidence") or {}).get("fit", True):
-        calibrate_after_fit(trainer, model, datamodule, tta, cfg.get("confidence"))
+        calibrate_after_fit(trainer, model, datamodule, tta=tta, options=cfg.get("confidence"))
     if cfg.get("test", True):
-        metrics.update(test_after_fit(trainer, model, datamodule, has_val, tta))
+        metrics.update(test_after_fit(trainer, model, datamodule, has_val=has_val, tta=tta))
         log.info("Test: %s", format_metrics({k: v for k, v in metrics.items() if k.startswith("test/")}))
     out = cfg.paths.output_dir
     log.info("Outputs in %s  (TensorBoard: tensorboard --logdir %s)", out, out)

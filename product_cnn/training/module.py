@@ -66,7 +66,7 @@ class ProductClassifier(L.LightningModule):
 
     def __init__(
         self,
-        num_classes: int = 5,
+        *, num_classes: int = 5,
         class_names: Sequence[str] | None = None,
         image_size: ImageSize = 256,
         dropout: float = 0.1,
@@ -102,7 +102,8 @@ class ProductClassifier(L.LightningModule):
         if backbone_lr_ratio <= 0:
             raise ProductCNNError(f"model.backbone_lr_ratio={backbone_lr_ratio} must be > 0")
         self.save_hyperparameters()
-        self.net = build_network(arch, num_classes, image_size, dropout, pretrained, weights_path)
+        self.net = build_network(arch, num_classes, image_size, dropout=dropout, pretrained=pretrained,
+                                 weights_path=weights_path)
         self.tta = "none"
         self.example_input_array = torch.zeros(1, 3, *image_hw(image_size))  # FLOPs per image in the summary
         # class-weighted training loss (data.balance=weighted_loss); val/test losses stay plain

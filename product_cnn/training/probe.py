@@ -76,7 +76,7 @@ class FeatureCache:
 
 
 @torch.inference_mode()
-def backbone_features(net: nn.Module, dataset: ImageListDataset, cache: FeatureCache, batch_size: int = 32,
+def backbone_features(net: nn.Module, dataset: ImageListDataset, *, cache: FeatureCache, batch_size: int = 32,
                       num_workers: int = 0) -> torch.Tensor:
     """``(len(dataset), features)`` for the photos of ``dataset``: from ``cache`` where it has them,
     computed (eval mode, fp32, the images predict.py sees) and added to it where not."""
@@ -100,7 +100,7 @@ def backbone_features(net: nn.Module, dataset: ImageListDataset, cache: FeatureC
     return torch.stack([cache.entries[k] for k in keys])
 
 
-def fit_linear_head(features: torch.Tensor, labels: Sequence[int], num_classes: int, c: float = 1.0,
+def fit_linear_head(features: torch.Tensor, labels: Sequence[int], num_classes: int, *, c: float = 1.0,
                     max_iter: int = 2000, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """(weight, bias) of a linear layer equal to a multinomial logistic regression fitted on the
     standardised ``features`` (scikit-learn), with the standardisation folded in."""
@@ -126,7 +126,8 @@ def fit_linear_head(features: torch.Tensor, labels: Sequence[int], num_classes: 
     return torch.tensor(weight, dtype=torch.float32), torch.tensor(bias, dtype=torch.float32)
 
 
-def cross_fit_card(features: torch.Tensor, labels: Sequence[int], num_classes: int, c: float, max_iter: int,
+def cross_fit_card(features: torch.Tensor, labels: Sequence[int], num_classes: int, *, c: float,
+                   max_iter: int,
                    seed: int, folds: int = 5, confidence: Any = None) -> ConfidenceCard | None:
     """The probe's confidence card without a validation split: ``folds`` heads, each fitted on the
     other folds' training photos, predict the photos they did not see (the temperature, operating
@@ -142,21 +143,22 @@ def cross_fit_card(features: torch.Tensor, labels: Sequence[int], num_classes: i
     logits = torch.zeros(len(y), num_classes)
     scores = torch.zeros(len(y))
     for fit_idx, held_idx in StratifiedKFold(folds, shuffle=True, random_state=seed).split(y, y):
-        weight, bias = fit_linear_head(features[fit_idx], y[fit_idx].tolist(), num_classes, c, max_iter, seed)
+        weight, bias = fit_linear_head(features[fit_idx], y[fit_idx].tolist(), num_classes, c=c,
+                                       max_iter=max_iter, seed=seed)
         logits[held_idx] = features[held_idx] @ weight.T + bias
         scores[held_idx] = similarity(features[held_idx], feature_bank(features[fit_idx]))
     target = torch.as_tensor(y).long()
     temperature = fit_temperature(logits, target)
     source = f"training photos, cross-fitted ({folds} folds, {len(y)} photos)"
-    card = card_from_heldout(temperature, source, calibrated_probs(logits, 1.0),
-                             calibrated_probs(logits, temperature), target)
+    card = card_from_heldout(temperature, source, raw_probs=calibrated_probs(logits, 1.0),
+                             probs=calibrated_probs(logits, temperature), labels=target)
     add_unknown(card, feature_bank(features, int(confidence.get("bank_size", BANK_SIZE))), scores,
                 float(confidence.get("false_unknown", FALSE_UNKNOWN)))
     return card
 
 
 def fit_probe_head(options: Any, model: L.LightningModule, datamodule: ProductDataModule,
-                   seed: int | None = 0, confidence: Any = None) -> None:
+                   *, seed: int | None = 0, confidence: Any = None) -> None:
     """Set the network's head to a logistic regression fitted on the frozen backbone's cached
     features of the training photos: the probe itself, or the start of a fine-tune (LP-FT).
     The probe itself is also calibrated by cross-fitting (:func:`cross_fit_card`), unless
@@ -173,18 +175,20 @@ def fit_probe_head(options: Any, model: L.LightningModule, datamodule: ProductDa
                                                         datamodule.hparams.decode))
     train = datamodule.dataset("train")
     hp = datamodule.hparams
-    features = backbone_features(net, train, cache, hp.batch_size, hp.num_workers)
+    features = backbone_features(net, train, cache=cache, batch_size=hp.batch_size,
+                                 num_workers=hp.num_workers)
     labels = [label for _, label in train.samples]
-    weight, bias = fit_linear_head(features, labels, len(model.class_names), float(options.get("c", 1.0)),
-                                   int(options.get("max_iter", 2000)), seed or 0)
+    weight, bias = fit_linear_head(features, labels, len(model.class_names), c=float(options.get("c", 1.0)),
+                                   max_iter=int(options.get("max_iter", 2000)), seed=seed or 0)
     with torch.no_grad():
         net.head.weight.copy_(weight)
         net.head.bias.copy_(bias)
     model.confidence = None  # a fine-tune after the probe is calibrated on its own validation photos
     if not options.get("finetune") and (confidence or {}).get("fit", True):
         model.confidence = cross_fit_card(features, labels, len(model.class_names),
-                                          float(options.get("c", 1.0)), int(options.get("max_iter", 2000)),
-                                          seed or 0, int(options.get("cross_fit_folds", 5)), confidence)
+                                          c=float(options.get("c", 1.0)),
+                                          max_iter=int(options.get("max_iter", 2000)), seed=seed or 0,
+                                          folds=int(options.get("cross_fit_folds", 5)), confidence=confidence)
         if model.confidence is not None:
             log.info("Calibration: %s", model.confidence.summary())
     log.info("Probe: features of %d training photos (%d from the cache %s), linear head fitted in %.1f s",

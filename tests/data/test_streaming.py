@@ -61,7 +61,7 @@ def test_shards_hold_every_photo_once_as_data_folder_reads_it(tmp_path, photos, 
         listed = read_samples(str(tmp_path / "shards"), split, manifest.class_names)
         assert sorted(listed) == sorted(folder.split_samples[split])  # the folder path's split
         assert len(streaming.dataset(split)) == len(listed)
-        dataset = ShardDataset(str(tmp_path / "shards" / split), store, SIZE, with_index=True)
+        dataset = ShardDataset(str(tmp_path / "shards" / split), store, image_size=SIZE, with_index=True)
         items = {index: (image, label) for image, label, index in (dataset[i] for i in range(len(dataset)))}
         assert sorted(items) == list(range(len(listed)))  # every photo exactly once
         for index, (path, label) in enumerate(listed):  # the pixels and label data=folder would train on
@@ -99,7 +99,7 @@ def test_an_interrupted_run_resumes_and_other_photos_are_refused(tmp_path, photo
         (out / "product_cnn.json").unlink()
         (out / gone).unlink()
         assert _prepare(_folder(photos, tmp_path / "cache"), str(out), num_workers=2) == first
-        assert len(ShardDataset(str(out / "val"), "image", SIZE)) == sum(first.counts["val"])
+        assert len(ShardDataset(str(out / "val"), "image", image_size=SIZE)) == sum(first.counts["val"])
     assert _prepare(_folder(photos, tmp_path / "cache"), str(out)) == first  # complete: nothing redone
     other = make_tree(tmp_path / "other", {"Bags": 6, "Cups": 6})
     with pytest.raises(DataError, match="already holds other shards"):

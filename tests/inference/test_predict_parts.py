@@ -80,14 +80,14 @@ def test_a_restart_keeps_finished_parts_and_other_inputs_are_refused(tiny_run, t
     out = tmp_path / "p.csv"
     interrupted = _Counting(predictor, fail_on=3)
     with pytest.raises(KeyboardInterrupt):
-        predict_in_parts(interrupted, files, out, 3, part_size=25)
+        predict_in_parts(interrupted, files, out, topk=3, part_size=25)
     assert interrupted.seen == 50 and not out.exists()
     again = _Counting(predictor)
-    assert predict_in_parts(again, files, out, 3, part_size=25) == (out, 0)
+    assert predict_in_parts(again, files, out, topk=3, part_size=25) == (out, 0)
     assert again.seen == 10  # only the part that was not finished
     assert len(_rows(out)) == 60 and [r["path"] for r in _rows(out)] == files
     with pytest.raises(ProductCNNError, match="parts of other inputs"):
-        predict_in_parts(again, files[:30], out, 3, part_size=25)
+        predict_in_parts(again, files[:30], out, topk=3, part_size=25)
     with pytest.raises(ProductCNNError, match="rank must be in"):
         rank_and_world(2, 2)
 

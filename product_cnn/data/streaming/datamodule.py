@@ -45,7 +45,7 @@ class StreamingDataModule(CountedSplits, DeviceBatches, L.LightningDataModule):
     def __init__(
         self,
         input_dir: str,
-        image_size: int = 256,
+        *, image_size: int = 256,
         batch_size: int = 32,
         shuffle_seed: int | None = 0,
         num_workers: int = 0,
@@ -152,7 +152,8 @@ class StreamingDataModule(CountedSplits, DeviceBatches, L.LightningDataModule):
         if is_remote(hp.input_dir):
             local_cache = os.path.join(self.cache_dir, "streaming", split)
         return ShardDataset(
-            join(hp.input_dir, split), self.manifest.store, hp.image_size, hp.decode or self.manifest.decode,
+            join(hp.input_dir, split), self.manifest.store, image_size=hp.image_size,
+            decode=hp.decode or self.manifest.decode,
             with_index=split == "test", shuffle=shuffle, seed=hp.shuffle_seed or 0,
             # training: every rank the same number of batches; evaluation: every photo exactly once
             drop_last=shuffle, cache_dir=local_cache, max_cache_size=hp.max_cache_size,

@@ -19,7 +19,7 @@ class ShardDataset(StreamingDataset):
     ``store="image"`` items are already the resized uint8 image. ``with_index`` adds the item's
     index in ``<split>.csv`` (per-photo reports)."""
 
-    def __init__(self, input_dir: str, store: str, image_size: int, decode: str = "reduced",
+    def __init__(self, input_dir: str, store: str, *, image_size: int, decode: str = "reduced",
                  with_index: bool = False, **streaming: Any) -> None:
         # batch_decode: litdata decodes a window of neighbouring items per read, which a shuffled
         # order throws away (46x the deserialising, 600 vs 8,000 photos/s: docs/scaling.md)
@@ -34,7 +34,8 @@ class ShardDataset(StreamingDataset):
 
     def __getitem__(self, index: Any) -> tuple[torch.Tensor, int] | tuple[torch.Tensor, int, int]:
         item = super().__getitem__(index)
-        image = item_array(item, self.store, self.image_size, self.decode, f"shard item {item['index']}")
+        image = item_array(item, self.store, image_size=self.image_size, decode=self.decode,
+                           name=f"shard item {item['index']}")
         tensor = torch.from_numpy(image)
         if self.with_index:
             return tensor, int(item["label"]), int(item["index"])

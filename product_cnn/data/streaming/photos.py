@@ -22,7 +22,7 @@ def is_shards(location: Any, storage_options: dict[str, Any] | None = None) -> b
     return exists(join(location, MANIFEST), storage_options)
 
 
-def item_array(item: dict[str, Any], store: str, image_size: int, decode: str, name: str) -> np.ndarray:
+def item_array(item: dict[str, Any], store: str, *, image_size: int, decode: str, name: str) -> np.ndarray:
     """The ``(3, H, W)`` uint8 image of a stored item: its photo file decoded exactly as
     ``data=folder`` decodes it (``store="bytes"``), or a copy of the stored image (litdata hands out
     read-only views)."""
@@ -60,7 +60,7 @@ class ShardPhoto:
     def load_array(self, size: ImageSize, decode: str) -> np.ndarray:
         item = self.split.item(self.position)
         self.name = self.split.names[int(item["index"])]
-        image = item_array(item, self.store, size, decode, self.name)
+        image = item_array(item, self.store, image_size=size, decode=decode, name=self.name)
         if self.store == "image" and tuple(image.shape[1:]) != image_hw(size):
             raise ImageLoadError(self.name, f"the shards hold {image.shape[2]}x{image.shape[1]} images, the "
                                             f"model takes {image_hw(size)[1]}x{image_hw(size)[0]}: make "

@@ -1,6 +1,6 @@
 """Compare BatchNorm running-statistics schemes on the same data, seed and weights.
 
-    python bench/bn_stats.py --root ~/.cache/product-cnn/demo-v4 --size 128 --epochs 50
+    python bench/experiments/bn_stats.py --root ~/.cache/product-cnn/demo-v4 --size 128 --epochs 50
 
 Trains the Keras-mirror network with a plain PyTorch loop (images decoded once into memory,
 Adam lr 1e-3 eps 1e-7, batch 32) once per scheme and prints validation accuracy every few

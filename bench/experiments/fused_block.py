@@ -1,6 +1,6 @@
 """The mirror's first block in training: the layers as they are vs product_cnn/models/fused_block.py.
 
-    python bench/fused_block.py [--batch-size 32] [--repeats 7] [--sections block,net]
+    python bench/experiments/fused_block.py [--batch-size 32] [--repeats 7] [--sections block,net]
 
 Sections:
 * block: conv 6x6 -> ReLU -> BatchNorm -> 2x2 max-pool on a 256x256 batch, forward plus
@@ -16,10 +16,15 @@ Each number is the median of --repeats timed runs (after warm-up), min-max in br
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/common.py
+
 from common import autocast, fixed_batch, machine, median_spread, plain_loop
 from torch import nn
 

@@ -1,7 +1,7 @@
 """Would the nearest training photos rank a probe's predictions better than its softmax? (The
 next step of docs/confidence.md: measured here, not built into predict.py.)
 
-    python bench/confidence_knn.py /path/to/probe_sweep [--data-root ../shared/data/slash5]
+    python bench/experiments/confidence_knn.py /path/to/probe_sweep [--data-root ../shared/data/slash5]
 
 Reads the sweep's ``oof_predictions.csv`` and the probe's cached backbone features
 (``<cache>/features/*.pt``, the file that holds every photo of the sweep). For each fold: the
@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/common.py
 
 from common import SLASH5, machine
 

@@ -1,6 +1,6 @@
 """The first convolution (6x6, 3 -> 64 channels, 256x256 input) in several formulations.
 
-    python bench/conv1.py [--batch-size 32] [--repeats 5]
+    python bench/experiments/conv1.py [--batch-size 32] [--repeats 5]
 
 It is 75% of the network's arithmetic, and with only 3 input channels the reduction per output
 (108 values) is short, which suits direct-convolution kernels poorly. Compared, forward plus
@@ -13,10 +13,15 @@ weight gradient (the input needs no gradient), after a check that they give the 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/common.py
+
 from common import machine, median_spread
 
 from product_cnn.runtime import tune_malloc

@@ -1,6 +1,6 @@
 """A fine-tuning step of the recommended pretrained network on CPU: where the time goes.
 
-    python bench/finetune_step.py [--arch tf_efficientnet_lite0] [--size 224] [--batch 32]
+    python bench/experiments/finetune_step.py [--arch tf_efficientnet_lite0] [--size 224] [--batch 32]
                                   [--steps 3] [--repeats 3] [--profile]
 
 Training images/s (forward, label-smoothed cross-entropy, backward, AdamW step: what
@@ -12,9 +12,14 @@ top operators of the bf16 channels_last step (depthwise convolutions are the usu
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/common.py
+
 from common import autocast, machine, median_spread, timed_rates
 
 from product_cnn.models.networks import build_network
