@@ -96,3 +96,60 @@ def test_serve_answers_with_a_legacy_checkpoint(legacy_photos, tmp_path):
     assert info["class_names"] == CLASSES
     want = Predictor.from_checkpoint(str(LEGACY), device="cpu").predict([str(photo)])[0]
     assert answer["category"] == want.category and abs(answer["confidence"] - want.confidence) < 1e-4
+
+
+def _with_root(tmp_path: Path, root: Path) -> Path:
+    """The fixture with its recorded photo folder moved to ``root`` (its other data options as written:
+    ``demo``, ``demo_images_per_class``, ``demo_seed`` and the folder options, the names before the
+    photo catalogue)."""
+    saved = torch.load(LEGACY, map_location="cpu", weights_only=True)
+    saved["datamodule_hyper_parameters"].update(root=str(root), cache_dir=str(tmp_path / "cache"))
+    path = tmp_path / "moved.ckpt"
+    torch.save(saved, path)
+    return path
+
+
+def test_eval_reads_the_old_data_options_of_a_legacy_checkpoint(legacy_photos, tmp_path):
+    """No data.root: the data set the checkpoint recorded under its old option names, its test split."""
+    from product_cnn.data.split import stratified_split
+
+    ckpt = _with_root(tmp_path, legacy_photos)
+    cfg = compose_cfg("eval", ["trainer.accelerator=cpu", f"ckpt_path={ckpt}",
+                               "callbacks.rich_progress_bar=null"], tmp_path / "eval", tmp_path / "cache")
+    evaluate(cfg)
+    report = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
+    samples = sorted((str(p), CLASSES.index(p.parent.name)) for p in legacy_photos.rglob("*.jpg"))
+    expected = stratified_split(samples, CLASSES, str(legacy_photos), val_fraction=0.2, test_fraction=0.1,
+                                seed=42)["test"]
+    assert report["class_names"] == CLASSES and report["num_samples"] == len(expected) > 0
+
+
+def test_a_demo_checkpoint_with_the_old_names_evaluates_on_the_demo_photos(tmp_path):
+    """``demo: true`` (how data=demo was recorded before it had a module of its own): the demo photos,
+    made again when the cache was emptied."""
+    from product_cnn.data.demo_data import DemoDataModule
+    from product_cnn.data.for_checkpoint import open_test_data
+
+    saved = {"root": str(tmp_path / "demo-v4"), "demo": True, "demo_images_per_class": 4, "demo_seed": 0,
+             "image_size": 32, "batch_size": 8, "cache": False, "cache_dir": str(tmp_path / "cache"),
+             "val_fraction": 0.25, "test_fraction": 0.25, "split_seed": 42, "check": False, "folds": None}
+    names = ["Accessories", "Artifacts", "Fashion", "Home", "Stationary"]
+    dm = open_test_data(saved, image_size=32, decode="full", class_names=names)
+    assert isinstance(dm, DemoDataModule) and dm.hparams.decode == "full"
+    assert sum(dm.counts()["test"]) == 5 and len(list((tmp_path / "demo-v4").rglob("*.jpg"))) == 20
+
+
+def test_a_legacy_checkpoint_predicts_its_networks_own_probabilities(legacy_photos):
+    """Through the one checkpoint reader the old checkpoint gives what its weights give in plain
+    PyTorch, fp32 (1e-5)."""
+    from product_cnn.models.networks import build_network
+
+    saved = torch.load(LEGACY, map_location="cpu", weights_only=True)
+    net = build_network("keras_cnn", 3, 32)
+    net.load_state_dict({k.removeprefix("net."): v for k, v in saved["state_dict"].items()
+                         if k.startswith("net.")})
+    batch = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        want = torch.softmax(net.eval()(batch), dim=1)
+    got = Predictor.from_checkpoint(str(LEGACY), device="cpu", precision="32").probabilities(batch)
+    assert (got - want).abs().max() < 1e-5
