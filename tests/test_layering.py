@@ -108,12 +108,17 @@ def test_the_rules_form_a_partial_order():
     assert "evaluation" not in MAY_USE["inference"] | MAY_USE["serve"]
 
 
+def _fake_package(root: Path, folders: tuple[str, ...], module: str) -> Path:
+    """``root/product_cnn/<folder>/`` for each folder and an empty ``<module>.py`` in the second."""
+    for folder in folders:
+        (root / "product_cnn" / folder).mkdir(parents=True)
+    (root / "product_cnn" / folders[1] / f"{module}.py").write_text("")
+    return root / "product_cnn" / folders[0] / "bad.py"
+
+
 def test_the_checker_sees_inference_importing_training(tmp_path):
     """The rule that keeps inference beside training fails on such an import, lazy ones too."""
-    bad = tmp_path / "product_cnn" / "inference" / "bad.py"
-    for folder in ("training", "evaluation", "inference", "serve"):
-        (tmp_path / "product_cnn" / folder).mkdir(parents=True)
-    (tmp_path / "product_cnn" / "training" / "module.py").write_text("")
+    bad = _fake_package(tmp_path, ("inference", "training", "evaluation"), "module")
     bad.write_text("def f():\n    from product_cnn.training.module import ProductClassifier\n"
                    "from product_cnn.evaluation import reports\n")
     found = forbidden_imports({"product_cnn.inference.bad": imports_of(bad, tmp_path)})
@@ -146,10 +151,7 @@ def test_no_import_cycles():
 
 def test_the_checker_sees_an_upward_import(tmp_path):
     """The parser above finds an upward import written each way Python allows, lazy ones too."""
-    bad = tmp_path / "product_cnn" / "data" / "bad.py"
-    for folder in ("data", "training", "evaluation", "inference"):
-        (tmp_path / "product_cnn" / folder).mkdir(parents=True)
-    (tmp_path / "product_cnn" / "evaluation" / "reports.py").write_text("")
+    bad = _fake_package(tmp_path, ("data", "evaluation", "training", "inference"), "reports")
     bad.write_text("import product_cnn.training.module\n"
                    "from product_cnn.evaluation import reports\n"
                    "from ..inference import export\n"

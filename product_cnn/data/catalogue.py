@@ -82,8 +82,7 @@ class PhotoCatalogue:
         """Scan, relabel, check, split and add the extra photos (once); return self."""
         if self.tree is not None:
             return self
-        tree = scan_listing(self.root, self.classes) if is_listing(self.root) else scan_tree(self.root,
-                                                                                              self.classes)
+        tree = self._scan()
         if self.folds is not None and tree.presplit:
             raise DataError(f"data.folds needs one folder per class: {self.root} is already split into "
                             "train/val/test (cross-validate the unsplit photos instead)")
@@ -111,10 +110,12 @@ class PhotoCatalogue:
 
     def peek_class_names(self) -> list[str]:
         """The class names from a scan of ``root`` alone (no check, no split)."""
-        if self.tree is not None:
-            return self.tree.class_names
+        return (self.tree or self._scan()).class_names
+
+    def _scan(self) -> FolderTree:
+        """The folder's (or the CSV's) photos and labels, unchecked and unsplit."""
         scan = scan_listing if is_listing(self.root) else scan_tree
-        return scan(self.root, self.classes).class_names
+        return scan(self.root, self.classes)
 
     @property
     def groups(self) -> list[list[str]]:

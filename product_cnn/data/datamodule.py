@@ -92,9 +92,7 @@ class ProductDataModule(CountedSplits, DeviceBatches, L.LightningDataModule):
 
     @property
     def class_names(self) -> list[str]:
-        if not self.photos.loaded:
-            raise RuntimeError("call setup() before asking for class names")
-        return self.photos.class_names
+        return self.photos.class_names  # after setup()
 
     def peek_class_names(self) -> list[str]:
         """The class names, from a scan of ``root`` alone (no check, no split, no cache)."""

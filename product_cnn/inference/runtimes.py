@@ -15,7 +15,7 @@ from product_cnn.inference.exported import ExportedPredictor, cached_export, is_
 
 log = logging.getLogger(__name__)
 
-RUNTIMES = ("torch", "openvino")
+RUNTIME_CHOICES = ("torch", "openvino")
 
 
 def process_device(device: Any, world: int) -> str:
@@ -37,8 +37,8 @@ def open_predictor(ckpt_path: Any, *, runtime: str = "torch", device: str = "aut
     ``runtime=openvino`` on a checkpoint exports it once into ``<cache_dir>/exports`` (keyed by its
     SHA-256) and runs that, without "none of these" (the export holds no features).
     """
-    if runtime not in RUNTIMES:
-        raise ProductCNNError(f"runtime={runtime!r} is not one of {', '.join(RUNTIMES)}")
+    if runtime not in RUNTIME_CHOICES:
+        raise ProductCNNError(f"runtime={runtime!r} is not one of {', '.join(RUNTIME_CHOICES)}")
     model = ckpt_path
     if runtime == "openvino" and not is_exported(ckpt_path):
         if not isinstance(ckpt_path, str) or any(c in ckpt_path for c in "*?[,"):
