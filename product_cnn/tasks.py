@@ -63,7 +63,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     model.tta = check_tta(cfg.get("tta", "none"))
     datamodule = open_test_data(info.data, image_size=info.image_size, decode=info.decode,
                                 class_names=info.class_names, data_cfg=cfg.get("data"))
-    results = build_trainer(cfg).test(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    results = build_trainer(cfg, trained=info.precision).test(  # precision=auto: the checkpoint's own
+        model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     metrics = dict(results[0]) if results else {}
     log.info("Test of %s: %s", ckpt_path, format_metrics(metrics))
     return metrics
@@ -97,10 +98,8 @@ def prepare_data(cfg: DictConfig) -> str:
 
 
 def predict(cfg: DictConfig) -> int:
-    """Classify ``cfg.inputs`` with ``cfg.ckpt_path`` (checkpoints, or one exported ``.onnx`` /
-    OpenVINO ``.xml`` model, run without PyTorch), write CSV or JSON, return the failure count."""
+    """Classify ``cfg.inputs`` with ``cfg.ckpt_path``; write CSV or JSON; return the failure count."""
     from product_cnn.confidence.gate import GateOptions
-    from product_cnn.data.cache import default_cache_dir
     from product_cnn.data.streaming.photos import photo_inputs
     from product_cnn.inference.parts import plan_parts, predict_in_parts
     from product_cnn.inference.results import save_predictions
@@ -111,10 +110,10 @@ def predict(cfg: DictConfig) -> int:
                       output=cfg.output, run_dir=cfg.paths.output_dir)
     files, shards = photo_inputs(cfg.inputs)
     predictor = open_predictor(
-        cfg.ckpt_path, runtime=cfg.get("runtime", "torch"), device=process_device(cfg.device, plan.world),
+        cfg.ckpt_path, runtime=cfg.get("runtime", "auto"), device=process_device(cfg.device, plan.world),
         batch_size=cfg.batch_size, num_workers=0 if shards else cfg.num_workers,  # shard items: read here
         tta=cfg.get("tta", "none"), gate=GateOptions.from_config(cfg), precision=cfg.get("precision", "auto"),
-        cache_dir=cfg.paths.cache_dir or default_cache_dir())
+        cache_dir=cfg.paths.cache_dir)
     log.info("Classifying %d %s with %s on %s (%s)", len(files), "shard item(s)" if shards else "file(s)",
              predictor.describe(cfg.ckpt_path), predictor.device, predictor.gate.describe())
     if plan.part_size:  # catalogue scale: this rank's parts, merged by the last rank to finish
@@ -164,7 +163,8 @@ def serve(cfg: DictConfig) -> None:
         ckpt_path=cfg.get("ckpt_path"), backend=cfg.backend, exported_path=exported, device=cfg.device,
         workers=cfg.workers, max_batch_size=cfg.max_batch_size, batch_timeout=cfg.batch_timeout,
         topk=cfg.topk, max_files=cfg.max_files, max_body_mb=cfg.max_body_mb, api_key=cfg.get("api_key"),
-        cors_origins=list(cfg.cors_origins or []), timeout=cfg.timeout, gate=GateOptions.from_config(cfg))
+        cors_origins=list(cfg.cors_origins or []), timeout=cfg.timeout, gate=GateOptions.from_config(cfg),
+        cache_dir=cfg.paths.cache_dir)
     log.info("Serving on http://%s:%s/  (POST /predict, GET /info, GET /health)", cfg.host, cfg.port)
     with stop_on_sigterm():
         server.run(host=cfg.host, port=int(cfg.port), generate_client_file=False)

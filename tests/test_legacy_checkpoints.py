@@ -66,7 +66,7 @@ def test_export_takes_a_legacy_checkpoint(fmt, tmp_path):
         got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
             None, {"images": batch.numpy()})[0]
     else:
-        got = torch.jit.load(str(path))(batch).detach().numpy()
+        got = torch.jit.load(str(path))(batch)[0].detach().numpy()
     assert np.abs(got - want).max() < 1e-4
 
 

@@ -28,12 +28,17 @@ def feature_bank(features: torch.Tensor, size: int = BANK_SIZE, seed: int = 0) -
 
 def similarity(features: torch.Tensor, bank: torch.Tensor, k: int = K, chunk: int = 1024) -> torch.Tensor:
     """For each row of ``features``: the mean of its ``k`` largest cosine similarities to rows of ``bank``."""
-    features = F.normalize(torch.as_tensor(features).float(), dim=1)
+    features = torch.as_tensor(features).float()
     bank = bank.float()
     k = max(1, min(k, len(bank)))
-    out = [(features[i:i + chunk] @ bank.T).topk(k, dim=1).values.mean(1)
-           for i in range(0, len(features), chunk)]
+    out = [nearest_mean(features[i:i + chunk], bank, k) for i in range(0, len(features), chunk)]
     return torch.cat(out) if out else torch.empty(0)
+
+
+def nearest_mean(features: torch.Tensor, bank: torch.Tensor, k: int = K) -> torch.Tensor:
+    """:func:`similarity` of one block of rows against a float ``bank`` with ``1 <= k <= len(bank)``
+    (traceable: what exports compute)."""
+    return (F.normalize(features, dim=1) @ bank.T).topk(k, dim=1).values.mean(1)
 
 
 def unknown_threshold(heldout_scores: torch.Tensor, false_unknown: float) -> float:

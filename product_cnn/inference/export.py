@@ -1,14 +1,18 @@
 """Export a checkpoint to a self-contained ONNX, OpenVINO (.xml + .bin) or TorchScript file + JSON sidecar.
 
 The exported model takes a float batch ``(N, 3, H, W)`` in [0, 1] (RGB, resized to the
-checkpoint's image size) and returns class probabilities ``(N, num_classes)``, temperature-scaled
-when the checkpoint is calibrated. The sidecar ``<file>.json`` (e.g. ``best.onnx.json``) holds the
-class names, the preprocessing a caller must apply, and the calibration (the temperature and the
-held-out confidences from which serve.py reads a ``target_accuracy`` threshold).
+checkpoint's image size) and returns, in this order, class probabilities ``(N, num_classes)``
+(temperature-scaled when the checkpoint is calibrated), the pooled features ``(N, D)`` and, when
+the checkpoint carries a feature bank, the "none of these" similarity ``(N,)``: the bank is inside
+the model. The sidecar ``<file>.json`` (e.g. ``best.onnx.json``) holds the class names, the
+preprocessing a caller must apply, the precision the checkpoint was trained in, and the
+calibration (the temperature, the held-out confidences from which a ``target_accuracy`` threshold
+is read, and the unknown threshold).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -20,39 +24,69 @@ import torch
 from torch import nn
 
 from product_cnn.atomic import atomic_path, write_text
+from product_cnn.confidence.novelty import K, nearest_mean
 from product_cnn.data.images import image_hw
 from product_cnn.errors import ProductCNNError
 from product_cnn.inference.bn_fold import fold_batchnorm
-from product_cnn.inference.calibrated import TemperatureScaled
 from product_cnn.inference.loading import load_network
+from product_cnn.models.networks import last_linear, set_module
 
 log = logging.getLogger(__name__)
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "openvino": ".xml"}  # openvino: + .bin
 
 
-class ProbabilityModel(nn.Module):
-    """The network followed by softmax: what inference returns."""
+class AnswerModel(nn.Module):
+    """What an export computes for a [0, 1] batch: the calibrated probabilities, the pooled
+    features (the classifier layer's input) and, where the checkpoint carries a feature bank, the
+    "none of these" similarity: the whole answer of the checkpoint's Predictor, on any runtime."""
 
-    def __init__(self, net: nn.Module) -> None:
+    def __init__(self, net: nn.Module, temperature: float = 1.0, bank: torch.Tensor | None = None) -> None:
         super().__init__()
-        self.net = net
+        self.body = copy.deepcopy(net).eval()
+        name = last_linear(self.body)
+        self.head = self.body.get_submodule(name)
+        set_module(self.body, name, nn.Identity())  # the body ends with the classifier layer's input
+        self.temperature = float(temperature)
+        self.register_buffer("bank", None if bank is None else bank.float())
+        self.k = 0 if bank is None else max(1, min(K, len(bank)))  # neighbours averaged, as similarity()
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.net(images), dim=1)
+    @property
+    def outputs(self) -> list[str]:
+        return ["probabilities", "features"] + ([] if self.bank is None else ["similarity"])
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        features = self.body(images).flatten(1)
+        logits = self.head(features)
+        if self.temperature != 1.0:
+            logits = logits / self.temperature
+        probs = torch.softmax(logits, dim=1)
+        if self.bank is None:
+            return probs, features
+        return probs, features, nearest_mean(features, self.bank, self.k)
 
 
-def load_for_export(ckpt_path: str | Path) -> tuple[ProbabilityModel, dict]:
-    """The checkpoint's network wrapped with softmax (eval mode, CPU) and its metadata."""
+def load_for_export(ckpt_path: str | Path) -> tuple[AnswerModel, dict]:
+    """The checkpoint's network as an :class:`AnswerModel` (eval mode, CPU, fp32) and its metadata."""
     loaded = load_network(ckpt_path)  # the same rebuild as Predictor's
     loaded.net.to(memory_format=torch.contiguous_format)  # the export's layout is NCHW
     height, width = image_hw(loaded.info.image_size)
+    card = loaded.info.card
+    unknown = card is not None and card.bank is not None and card.unknown_threshold is not None
+    model = AnswerModel(fold_batchnorm(loaded.net), loaded.info.temperature,
+                        card.bank if unknown else None).eval()
+    check_split(model, loaded.net, (height, width), str(ckpt_path))
+    classes = len(loaded.info.class_names)
+    outputs = {"probabilities": ["N", classes], "features": ["N", model.head.in_features],
+               "similarity": ["N"]}
     meta = {
         "class_names": loaded.info.class_names,
         "arch": loaded.info.arch,
+        "precision": loaded.info.precision,  # what the checkpoint was trained in: precision=auto follows it
         "input": {"name": "images", "shape": ["N", 3, height, width], "dtype": "float32",
                   "layout": "NCHW", "channels": "RGB", "range": [0.0, 1.0]},
-        "output": {"name": "probabilities", "shape": ["N", len(loaded.info.class_names)]},
+        "output": {"name": "probabilities", "shape": ["N", classes]},
+        "outputs": {name: outputs[name] for name in model.outputs},
         "decode": loaded.info.decode,
         "preprocessing": [
             "decode the image (a JPEG at 1/2, 1/4 or 1/8 scale, the smallest still at least the input "
@@ -64,14 +98,24 @@ def load_for_export(ckpt_path: str | Path) -> tuple[ProbabilityModel, dict]:
         "checkpoint": str(ckpt_path),
         "calibration": None,
     }
-    card = loaded.info.card
-    if card is not None:  # the bank stays out: "none of these" needs the features, served from checkpoints
+    if card is not None:  # the bank is inside the model (its similarity output); the thresholds here
         meta["calibration"] = {
             "temperature": card.temperature, "source": card.source, "applied": True,
             "heldout_confidence": [round(float(c), 6) for c in card.heldout_confidence],
-            "heldout_correct": [bool(c) for c in card.heldout_correct]}
-    net = TemperatureScaled(fold_batchnorm(loaded.net), loaded.info.temperature)
-    return ProbabilityModel(net).eval(), meta
+            "heldout_correct": [bool(c) for c in card.heldout_correct],
+            "unknown_threshold": card.unknown_threshold if unknown else None,
+            "false_unknown": card.false_unknown if unknown else None}
+    return model, meta
+
+
+@torch.no_grad()
+def check_split(model: AnswerModel, net: nn.Module, image_hw: tuple[int, int], name: str) -> None:
+    """One line if the network does more after its last linear layer than the export would."""
+    example = torch.rand(2, 3, *image_hw, generator=torch.Generator().manual_seed(0))
+    want = torch.softmax(net.eval()(example).float() / model.temperature, dim=1)
+    if not torch.allclose(model(example)[0], want, atol=1e-5):
+        raise ProductCNNError(f"{name}: its network does not end with its last linear layer; "
+                              "predict it with runtime=torch")
 
 
 def export(ckpt_path: str | Path, fmt: str, output: str | Path | None = None) -> Path:
@@ -102,7 +146,7 @@ def sidecar_path(model_path: str | Path) -> Path:
     return Path(f"{model_path}.json")
 
 
-def _export_openvino(model: nn.Module, example: torch.Tensor, tmp: Path, output: Path) -> None:
+def _export_openvino(model: AnswerModel, example: torch.Tensor, tmp: Path, output: Path) -> None:
     """OpenVINO IR straight from the network (its own converter): ``tmp`` (.xml) plus the weights,
     moved next to ``output`` as ``<output stem>.bin`` before the .xml lands (the .xml names it)."""
     try:
@@ -111,7 +155,8 @@ def _export_openvino(model: nn.Module, example: torch.Tensor, tmp: Path, output:
         raise ProductCNNError('OpenVINO export needs the export extra: pip install -e ".[export]"') from None
     shape = [-1, *example.shape[1:]]  # any batch size
     converted = ov.convert_model(model, example_input=(example,), input=[("images", shape)])
-    converted.outputs[0].get_tensor().set_names({"probabilities"})
+    for port, name in zip(converted.outputs, model.outputs, strict=True):
+        port.get_tensor().set_names({name})
     # the IR names its weights file after itself: write both under the final stem in a scratch folder
     scratch = tmp.parent / f".{output.name}.ir"
     scratch.mkdir(exist_ok=True)
@@ -123,7 +168,7 @@ def _export_openvino(model: nn.Module, example: torch.Tensor, tmp: Path, output:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+def _export_onnx(model: AnswerModel, example: torch.Tensor, path: Path) -> None:
     try:
         import onnxscript  # noqa: F401  (the torch.export-based exporter needs it)
     except ImportError:
@@ -132,7 +177,7 @@ def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     batch = torch.export.Dim("batch", min=1, max=65536)
     program = torch.onnx.export(
-        model, (example,), input_names=["images"], output_names=["probabilities"],
+        model, (example,), input_names=["images"], output_names=model.outputs,
         dynamic_shapes={"images": {0: batch}}, dynamo=True, verbose=False,
     )
     program.save(str(path), external_data=False)

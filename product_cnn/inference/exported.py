@@ -2,17 +2,20 @@
 through OpenVINO (``export.py format=onnx|openvino``).
 
 The sidecar (``<model>.json``) gives the class names, the input size, how the checkpoint's photos
-were decoded and the calibration (the temperature is inside the model). Photos are decoded in a
-thread pool a batch ahead of the network (Pillow and both runtimes release the GIL), so decoding
-and inference overlap. No feature bank travels with an export: no "none of these" here.
+were decoded, the precision it was trained in and the calibration (the temperature and the
+feature bank are inside the model, which outputs the "none of these" similarity beside the
+probabilities). Photos are decoded in a thread pool a batch ahead of the network (Pillow and both
+runtimes release the GIL), so decoding and inference overlap.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,29 +27,40 @@ from product_cnn.errors import ImageLoadError, ProductCNNError
 from product_cnn.inference.results import Prediction, collect
 from product_cnn.models.tta import check_tta
 
+log = logging.getLogger(__name__)
+
 RUNTIMES = {".onnx": "onnxruntime", ".xml": "openvino"}
-PRECISIONS = {"auto": None, "32": "f32", "bf16": "bf16"}  # OpenVINO's INFERENCE_PRECISION_HINT
+SUFFIXES = {"openvino": ".xml", "onnx": ".onnx"}  # export.py's formats this module runs
+PRECISIONS = {"32": "f32", "bf16": "bf16"}  # OpenVINO's INFERENCE_PRECISION_HINT
+CACHE_VERSION = 2  # bump when export.py's graph changes: cached exports are made again (2: features)
 
 
-def cached_export(ckpt_path: str | Path, cache_dir: str | Path) -> Path:
-    """The OpenVINO export of a checkpoint, made once into ``<cache_dir>/exports/`` and found again
-    by the checkpoint's SHA-256 (a changed checkpoint gets its own): ``predict.py runtime=openvino``.
-    Only a first run imports torch, to export."""
+def file_digest(path: str | Path) -> str:
+    """The SHA-256 of a file, or a one-line error naming it."""
     import hashlib
 
     digest = hashlib.sha256()
     try:
-        with open(ckpt_path, "rb") as f:
+        with open(path, "rb") as f:
             while chunk := f.read(1 << 24):
                 digest.update(chunk)
     except OSError as err:
-        raise ProductCNNError(f"checkpoint {ckpt_path} cannot be read: {err.strerror or err}") from None
-    xml = Path(cache_dir).expanduser() / "exports" / f"{digest.hexdigest()[:24]}.xml"
-    if not (xml.is_file() and xml.with_suffix(".bin").is_file() and Path(f"{xml}.json").is_file()):
+        raise ProductCNNError(f"checkpoint {path} cannot be read: {err.strerror or err}") from None
+    return digest.hexdigest()
+
+
+def cached_export(ckpt_path: str | Path, cache_dir: str | Path, fmt: str = "openvino") -> Path:
+    """The ``fmt`` export (openvino or onnx) of a checkpoint, made once into ``<cache_dir>/exports/``
+    and found again by the checkpoint's SHA-256 (a changed checkpoint gets its own). Only a first
+    run imports torch, to export."""
+    key = f"{file_digest(ckpt_path)[:24]}-v{CACHE_VERSION}"
+    model = Path(cache_dir).expanduser() / "exports" / f"{key}{SUFFIXES[fmt]}"
+    parts = [model, Path(f"{model}.json")] + ([model.with_suffix(".bin")] if fmt == "openvino" else [])
+    if not all(p.is_file() for p in parts):
         from product_cnn.inference.export import export  # torch, timm: the first run only
 
-        export(ckpt_path, "openvino", xml)
-    return xml
+        export(ckpt_path, fmt, model)
+    return model
 
 
 def is_exported(path: str | Path) -> bool:
@@ -64,8 +78,9 @@ def read_sidecar(model_path: str | Path) -> dict[str, Any]:
 
 
 def sidecar_card(meta: dict[str, Any]) -> Any:
-    """The sidecar's calibration as a :class:`~product_cnn.confidence.card.ConfidenceCard` (no bank),
-    or None (imports torch: only for ``target_accuracy`` and the server's ``/info``)."""
+    """The sidecar's calibration as a :class:`~product_cnn.confidence.card.ConfidenceCard` (its
+    thresholds; the bank is inside the model), or None. Imports torch: only for a gate that needs
+    the card (``target_accuracy``, "none of these") and the server's ``/info``."""
     c = meta.get("calibration")
     if not c:
         return None
@@ -74,12 +89,39 @@ def sidecar_card(meta: dict[str, Any]) -> Any:
     from product_cnn.confidence.card import ConfidenceCard
 
     return ConfidenceCard(c["temperature"], c["source"], torch.tensor(c["heldout_confidence"]),
-                          torch.tensor(c["heldout_correct"], dtype=torch.bool))
+                          torch.tensor(c["heldout_correct"], dtype=torch.bool),
+                          unknown_threshold=c.get("unknown_threshold"), false_unknown=c.get("false_unknown"))
 
 
-def open_session(model_path: str | Path, precision: str = "auto",
-                 threads: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
-    """``float32 NCHW batch -> probabilities`` through the runtime the file's suffix names."""
+@dataclass(frozen=True)
+class UnknownThreshold:
+    """The part of a confidence card a gate without ``target_accuracy`` reads (no torch needed)."""
+
+    unknown_threshold: float | None
+
+
+def export_precision(model_path: str | Path, requested: str, trained: str = "32") -> tuple[str, str | None]:
+    """(``"32"`` or ``"bf16"``, why) for ``precision=auto|32|bf16`` on an export: ``auto`` follows
+    the checkpoint it was made from (``trained``, from its sidecar), bf16 only on OpenVINO on a CPU
+    that computes it natively (ONNX Runtime has no bf16 on CPU)."""
+    from product_cnn.models.precision import resolve_precision
+
+    if str(requested) not in ("auto", *PRECISIONS):
+        raise ProductCNNError(f"precision={requested!r} is not one of auto, {', '.join(PRECISIONS)}")
+    runtime = RUNTIMES[Path(model_path).suffix.lower()]
+    resolved, why = resolve_precision(str(requested), "cpu", trained=trained)
+    if resolved.startswith("bf16") and runtime == "onnxruntime":
+        if str(requested) == "bf16":
+            raise ProductCNNError("ONNX Runtime runs the export in fp32 here: precision=auto or 32 "
+                                  "(an OpenVINO export, format=openvino, runs bf16)")
+        return "32", "ONNX Runtime computes in fp32 on CPU"
+    return ("bf16" if resolved.startswith("bf16") else "32"), why
+
+
+def open_session(model_path: str | Path, precision: str = "32",
+                 threads: int | None = None) -> Callable[[np.ndarray], list[np.ndarray]]:
+    """``float32 NCHW batch -> [probabilities, features, (similarity)]`` through the runtime the
+    file's suffix names, in ``precision`` (``"32"`` or ``"bf16"``: OpenVINO only)."""
     runtime = RUNTIMES[Path(model_path).suffix.lower()]
     if str(precision) not in PRECISIONS:
         raise ProductCNNError(f"precision={precision!r} is not one of {', '.join(PRECISIONS)}")
@@ -87,13 +129,17 @@ def open_session(model_path: str | Path, precision: str = "auto",
         if runtime == "openvino":
             import openvino as ov
 
-            config = {"PERFORMANCE_HINT": "LATENCY"}
-            if PRECISIONS[str(precision)]:  # auto: OpenVINO's own choice, bf16 where the CPU has it
-                config["INFERENCE_PRECISION_HINT"] = PRECISIONS[str(precision)]
+            config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": PRECISIONS[str(precision)]}
             if threads:
                 config["INFERENCE_NUM_THREADS"] = threads
             compiled = ov.Core().compile_model(str(model_path), "CPU", config)
-            return lambda batch: compiled(batch)[0]
+            outputs = compiled.outputs
+
+            def run_openvino(batch: np.ndarray) -> list[np.ndarray]:
+                result = compiled(batch)
+                return [result[o] for o in outputs]
+
+            return run_openvino
         if str(precision) == "bf16":
             raise ProductCNNError("ONNX Runtime runs the export in fp32 here: precision=auto or 32 "
                                   "(an OpenVINO export, format=openvino, runs bf16)")
@@ -103,7 +149,7 @@ def open_session(model_path: str | Path, precision: str = "auto",
         if threads:
             options.intra_op_num_threads = threads
         session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
-        return lambda batch: session.run(None, {"images": batch})[0]
+        return lambda batch: session.run(None, {"images": batch})
     except ImportError:
         name = Path(model_path).name
         raise ProductCNNError(f"{name} needs {runtime}: pip install -e \".[export]\"") from None
@@ -123,9 +169,16 @@ class ExportedPredictor:
         self.batch_size = batch_size
         self.tta = check_tta(tta)
         gate = gate or GateOptions()
-        cards = [sidecar_card(meta)] if gate.target_accuracy is not None else []
-        self.gate: Gate = gate.build(cards, unknown=False)  # the export holds no features
-        self.run = open_session(model_path, precision)
+        has_similarity = "similarity" in meta.get("outputs", {})
+        if gate.target_accuracy is not None:
+            cards = [sidecar_card(meta)]
+        else:  # "none of these" needs only the threshold: no torch
+            cards = [UnknownThreshold((meta.get("calibration") or {}).get("unknown_threshold"))]
+        self.gate: Gate = gate.build(cards, unknown=has_similarity)
+        self.precision, reason = export_precision(model_path, precision, meta.get("precision", "32"))
+        if reason:
+            log.info("Inference precision %s: %s", self.precision, reason)
+        self.run = open_session(model_path, self.precision)
         self.workers = workers or min(4, os.cpu_count() or 1)
         self.device = "cpu"
 
@@ -142,11 +195,18 @@ class ExportedPredictor:
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
         """Probabilities for a uint8 ``(N, 3, H, W)`` batch (flip TTA: the mean with the mirror image)."""
-        images = batch.astype(np.float32) * np.float32(1 / 255)
-        probs = self.run(images)
+        return self.scores(batch)[0]
+
+    def scores(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(probabilities, "none of these" similarity or None) for a uint8 ``(N, 3, H, W)`` batch,
+        as the checkpoint's Predictor gives them (the similarity from the unflipped view)."""
+        images = np.multiply(batch, np.float32(1 / 255), dtype=np.float32)
+        outputs = self.run(images)
+        probs = outputs[0]
         if self.tta == "flip":
-            probs = (probs + self.run(np.ascontiguousarray(images[..., ::-1]))) / 2
-        return probs
+            probs = (probs + self.run(np.ascontiguousarray(images[..., ::-1]))[0]) / 2
+        sims = outputs[2] if len(outputs) > 2 and self.gate.unknown_threshold is not None else None
+        return probs, sims
 
     def iter_predict(self, images: Sequence[str], topk: int = 3) -> Iterator[Prediction]:
         """Yield one :class:`Prediction` per photo file, in order; decoding runs a batch ahead."""
@@ -161,7 +221,7 @@ class ExportedPredictor:
                 decoded = [f.result() for f in pending]
                 pending = submit(start + self.batch_size) if start + self.batch_size < len(images) else []
                 good = [a for a, _ in decoded if a is not None]
-                probs = self.probabilities(np.stack(good)) if good else np.zeros((0, len(self.class_names)))
+                probs, sims = self.scores(np.stack(good)) if good else (None, None)
                 row = 0
                 for offset, (array, error) in enumerate(decoded):
                     source = str(images[start + offset])
@@ -170,9 +230,11 @@ class ExportedPredictor:
                         continue
                     order = np.argsort(-probs[row], kind="stable")[:topk]
                     ranked = [(self.class_names[int(i)], float(probs[row, i])) for i in order]
+                    sim = None if sims is None else float(sims[row])
                     row += 1
-                    verdict = self.gate.verdict(ranked[0][1], None)
-                    yield Prediction(source, verdict or ranked[0][0], ranked[0][1], ranked, verdict=verdict)
+                    verdict = self.gate.verdict(ranked[0][1], sim)
+                    yield Prediction(source, verdict or ranked[0][0], ranked[0][1], ranked, verdict=verdict,
+                                     similarity=sim)
 
     def predict(self, images: Sequence[str], topk: int = 3, progress: bool = False) -> list[Prediction]:
         """Classify photo files; ``progress`` shows a bar for long lists."""

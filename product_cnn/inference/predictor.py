@@ -47,15 +47,15 @@ ImageInput = str | Path | Image.Image
 PRECISIONS = ("auto", "32", "bf16")
 
 
-def resolve_inference_precision(requested: str, device: str,
-                                flags: Iterable[str] | None = None) -> tuple[str, str | None]:
-    """(``"32"`` or ``"bf16"``, why) for ``precision=auto|32|bf16``; ``auto`` is bf16 where the
-    device computes it natively (``flags``: the CPU's, read from /proc/cpuinfo when None), as
-    training's ``trainer.precision=auto`` decides."""
+def resolve_inference_precision(requested: str, device: str, flags: Iterable[str] | None = None,
+                                trained: str = "32") -> tuple[str, str | None]:
+    """(``"32"`` or ``"bf16"``, why) for ``precision=auto|32|bf16``; ``auto`` follows the
+    checkpoint (``trained``: ``"32"`` or ``"bf16"``): bf16 only for a bf16-trained one on a device
+    that computes it natively (``flags``: the CPU's, read from /proc/cpuinfo when None)."""
     requested = str(requested)
     if requested not in PRECISIONS:
         raise ProductCNNError(f"precision={requested!r} is not one of {', '.join(PRECISIONS)}")
-    resolved, reason = resolve_precision(requested, device, flags)
+    resolved, reason = resolve_precision(requested, device, flags, trained=trained)
     return ("bf16" if resolved.startswith("bf16") else "32"), reason
 
 
@@ -91,12 +91,12 @@ class Predictor:
     def __init__(self, net: nn.Module, class_names: Sequence[str], *, image_size: ImageSize = 256,
                  device: str = "auto", batch_size: int = 32, num_workers: int = 0, tta: str = "none",
                  cards: Sequence[ConfidenceCard | None] = (), gate: Gate | None = None,
-                 decode: str = "reduced", precision: str = "32") -> None:
+                 decode: str = "reduced", precision: str = "32", trained: str = "32") -> None:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
         self.decode = check_decode(decode)
-        self.precision, reason = resolve_inference_precision(precision, self.device.type)
+        self.precision, reason = resolve_inference_precision(precision, self.device.type, trained=trained)
         if reason:
             log.info("Inference precision %s: %s", self.precision, reason)
         self.net = net.to(self.device).eval()
@@ -116,12 +116,13 @@ class Predictor:
     @classmethod
     def from_checkpoint(cls, path: str | Path | Sequence[str | Path], *, device: str = "auto",
                         batch_size: int = 32, num_workers: int = 0, tta: str = "none",
-                        gate: GateOptions | None = None, precision: str = "32") -> Predictor:
+                        gate: GateOptions | None = None, precision: str = "auto") -> Predictor:
         """Load a training checkpoint safely (no pickled code runs).
 
         Several paths (or a glob pattern) make an ensemble: the mean of their probabilities
         (same classes and image size required; see :mod:`product_cnn.inference.ensemble`).
-        ``gate`` says what the gate holds back (:class:`~product_cnn.confidence.gate.GateOptions`).
+        ``gate`` says what the gate holds back (:class:`~product_cnn.confidence.gate.GateOptions`);
+        ``precision="auto"`` follows the checkpoints (bf16 only when every one was trained in it).
         """
         check_tta(tta)
         paths = expand_checkpoints(path)
@@ -136,7 +137,7 @@ class Predictor:
         first = infos[0]
         return cls(net, first.class_names, image_size=first.image_size, device=device, batch_size=batch_size,
                    num_workers=num_workers, tta=tta, cards=cards, gate=built, decode=first.decode,
-                   precision=precision)
+                   precision=precision, trained="bf16" if all(i.precision == "bf16" for i in infos) else "32")
 
     @torch.no_grad()
     def probabilities(self, batch: torch.Tensor) -> torch.Tensor:

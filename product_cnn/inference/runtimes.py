@@ -1,9 +1,16 @@
-"""Which predictor classifies: a checkpoint in PyTorch, an ensemble of checkpoints, an exported
-ONNX / OpenVINO model, or a checkpoint's OpenVINO export made once into the cache
-(``runtime=openvino``); and on which device when several processes share a machine."""
+"""Which predictor classifies, and why: a checkpoint in PyTorch, an ensemble of checkpoints, an
+exported ONNX / OpenVINO model, or a checkpoint's export made once into the cache.
+
+``runtime=auto`` (the default) runs one checkpoint on the fastest runtime installed that
+reproduces it: OpenVINO, else ONNX Runtime, on the checkpoint's export (made on the first run,
+found again by the checkpoint's SHA-256), in the precision the checkpoint was trained in; PyTorch
+where neither is installed, on a GPU, for an ensemble, or where the network does not export. One
+log line says which and why; ``runtime=torch`` forces PyTorch.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 from pathlib import Path
@@ -15,7 +22,8 @@ from product_cnn.inference.exported import ExportedPredictor, cached_export, is_
 
 log = logging.getLogger(__name__)
 
-RUNTIME_CHOICES = ("torch", "openvino")
+RUNTIME_CHOICES = ("auto", "torch", "openvino", "onnxruntime")
+EXPORT_FORMAT = {"openvino": "openvino", "onnxruntime": "onnx"}
 
 
 def process_device(device: Any, world: int) -> str:
@@ -29,23 +37,83 @@ def process_device(device: Any, world: int) -> str:
     return device
 
 
-def open_predictor(ckpt_path: Any, *, runtime: str = "torch", device: str = "auto", batch_size: int = 32,
-                   num_workers: int = 0, tta: str = "none", gate: GateOptions | None = None,
-                   precision: str = "auto", cache_dir: str | Path) -> Any:
-    """A predictor for ``ckpt_path`` (one or several checkpoints, or an exported model file).
+def installed(runtime: str) -> bool:
+    """True when ``runtime``'s package (and for ONNX Runtime, the ONNX exporter's) can be imported."""
+    needs = {"openvino": ["openvino"], "onnxruntime": ["onnxruntime", "onnxscript"]}[runtime]
+    return all(importlib.util.find_spec(name) is not None for name in needs)
 
-    ``runtime=openvino`` on a checkpoint exports it once into ``<cache_dir>/exports`` (keyed by its
-    SHA-256) and runs that, without "none of these" (the export holds no features).
-    """
+
+def _on_gpu(device: str) -> bool:
+    """Whether ``device`` is a GPU (``auto``: a CUDA GPU is present; torch imported only where the
+    NVIDIA driver is loaded)."""
+    if device != "auto":
+        return device.startswith("cuda")
+    if not os.path.isdir("/proc/driver/nvidia/gpus") or not os.listdir("/proc/driver/nvidia/gpus"):
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def choose_runtime(ckpt_path: Any, runtime: str = "auto", device: str = "auto",
+                   precision: str = "auto") -> tuple[str, str]:
+    """(``torch``, ``openvino`` or ``onnxruntime``, why) for ``ckpt_path``; a one-line error for an
+    unknown runtime or one that cannot run it."""
     if runtime not in RUNTIME_CHOICES:
         raise ProductCNNError(f"runtime={runtime!r} is not one of {', '.join(RUNTIME_CHOICES)}")
-    model = ckpt_path
-    if runtime == "openvino" and not is_exported(ckpt_path):
-        if not isinstance(ckpt_path, str) or any(c in ckpt_path for c in "*?[,"):
-            raise ProductCNNError("runtime=openvino takes one checkpoint (ensembles: runtime=torch)")
-        model = str(cached_export(ckpt_path, cache_dir))
-        log.info("runtime=openvino: %s is exported as %s (no \"none of these\": the export holds no "
-                 "features)", ckpt_path, model)
+    several = not isinstance(ckpt_path, (str, Path)) or any(c in str(ckpt_path) for c in "*?[,")
+    if runtime in EXPORT_FORMAT:
+        if several:
+            raise ProductCNNError(f"runtime={runtime} takes one checkpoint (ensembles: runtime=torch)")
+        if not installed(runtime):
+            raise ProductCNNError(f'runtime={runtime} is not installed: pip install -e ".[export]"')
+        return runtime, "asked for (runtime=)"
+    if runtime == "torch":
+        return "torch", "asked for (runtime=torch)"
+    if several:
+        return "torch", "an ensemble of checkpoints runs in PyTorch"
+    if _on_gpu(device):
+        return "torch", "a GPU runs PyTorch"
+    for candidate in ("openvino", "onnxruntime"):
+        if installed(candidate) and not (precision == "bf16" and candidate == "onnxruntime"):
+            return candidate, "the fastest exact runtime installed (runtime=torch for PyTorch)"
+    return "torch", 'neither OpenVINO nor ONNX Runtime is installed (pip install -e ".[export]" for 2-3x)'
+
+
+def runtime_model(ckpt_path: Any, *, runtime: str = "auto", device: str = "auto", precision: str = "auto",
+                  cache_dir: str | Path | None = None) -> tuple[Any, str]:
+    """(what to run: ``ckpt_path`` itself or its cached export, the runtime's name), logged in one
+    line with the reason; an export that fails under ``runtime=auto`` falls back to PyTorch.
+    ``cache_dir``: where exports are kept (None: the project's cache folder)."""
+    if is_exported(ckpt_path):
+        return ckpt_path, "exported"
+    chosen, why = choose_runtime(ckpt_path, runtime, device, precision)
+    if chosen == "torch":
+        log.info("Runtime torch: %s", why)
+        return ckpt_path, chosen
+    if cache_dir is None:
+        from product_cnn.data.cache import default_cache_dir
+
+        cache_dir = default_cache_dir()
+    try:
+        model = cached_export(ckpt_path, cache_dir, EXPORT_FORMAT[chosen])
+    except Exception as err:  # any converter's failure: PyTorch runs it (and reports a bad checkpoint)
+        if runtime != "auto":
+            raise
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        log.info("Runtime torch: the checkpoint does not export to %s (%s)", chosen, reason)
+        return ckpt_path, "torch"
+    log.info("Runtime %s: %s; the checkpoint's export %s", chosen, why, model)
+    return model, chosen
+
+
+def open_predictor(ckpt_path: Any, *, runtime: str = "auto", device: str = "auto", batch_size: int = 32,
+                   num_workers: int = 0, tta: str = "none", gate: GateOptions | None = None,
+                   precision: str = "auto", cache_dir: str | Path | None = None) -> Any:
+    """A predictor for ``ckpt_path`` (one or several checkpoints, or an exported model file) on the
+    runtime :func:`runtime_model` picks."""
+    model, _ = runtime_model(ckpt_path, runtime=runtime, device=device, precision=precision,
+                             cache_dir=cache_dir)
     if is_exported(model):
         return ExportedPredictor(model, batch_size=batch_size, tta=tta, gate=gate, precision=precision)
     from product_cnn.inference.predictor import Predictor  # torch: only where a checkpoint runs in it

@@ -54,7 +54,7 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
-def _last_linear(model: nn.Module) -> str:
+def last_linear(model: nn.Module) -> str:
     """The qualified name of the last ``nn.Linear`` of ``model``: torchvision's classifier layer."""
     names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
     if not names:
@@ -62,7 +62,7 @@ def _last_linear(model: nn.Module) -> str:
     return names[-1]
 
 
-def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
 
@@ -78,14 +78,14 @@ class TorchvisionNet(nn.Module):
         from torchvision.models import get_model  # here, not at the top: seconds of start-up
 
         self.backbone = get_model(arch, weights=None)
-        head_name = _last_linear(self.backbone)
+        head_name = last_linear(self.backbone)
         if weights_path:
             state = read_state_dict(weights_path)
             self._load_backbone(state, head_name, f"weights file {weights_path}")
         elif pretrained:
             self._load_backbone(_download(arch), head_name, f"torchvision's {arch} weights")
         in_features = self.backbone.get_submodule(head_name).in_features
-        _set_module(self.backbone, head_name, nn.Identity())
+        set_module(self.backbone, head_name, nn.Identity())
         self.head = nn.Linear(in_features, num_classes)
 
     def _load_backbone(self, state: dict[str, torch.Tensor], head_name: str, what: str) -> None:

@@ -20,7 +20,7 @@ from litserve.utils import WorkerSetupStatus
 
 from product_cnn.confidence.gate import GateOptions
 from product_cnn.serve.api import ClassifierAPI, bearer_ok
-from product_cnn.serve.backends import model_info
+from product_cnn.serve.backends import model_info, resolve_backend
 from product_cnn.serve.limits import PredictGuard
 
 log = logging.getLogger(__name__)
@@ -28,14 +28,18 @@ log = logging.getLogger(__name__)
 PAGE = Path(__file__).with_name("static") / "index.html"
 
 
-def build_server(*, ckpt_path: str | None = None, backend: str = "torch", exported_path: str | None = None,
+def build_server(*, ckpt_path: str | None = None, backend: str = "auto", exported_path: str | None = None,
                  device: str = "auto", workers: int = 1, max_batch_size: int = 8,
                  batch_timeout: float = 0.005, topk: int = 3, max_files: int = 16, max_body_mb: int = 20,
                  api_key: str | None = None, cors_origins: list[str] | None = None,
-                 timeout: float = 30, gate: GateOptions | None = None) -> ls.LitServer:
+                 timeout: float = 30, gate: GateOptions | None = None,
+                 cache_dir: str | Path | None = None) -> ls.LitServer:
     """A LitServer ready to ``run()``; a one-line error if the model cannot be served.
 
-    ``exported_path`` is the ``.onnx`` / OpenVINO ``.xml`` file of ``backend=onnx|openvino``."""
+    ``exported_path`` is the ``.onnx`` / OpenVINO ``.xml`` file of ``backend=onnx|openvino``;
+    ``backend=auto`` serves the checkpoint's export from ``cache_dir`` where a runtime is installed."""
+    backend, exported_path = resolve_backend(backend, ckpt_path, exported_path, device=device,
+                                             cache_dir=cache_dir)
     info = model_info(backend, ckpt_path, exported_path, gate=gate)
     api = ClassifierAPI(info, ckpt_path, exported_path, topk=topk, max_files=max_files,
                         max_bytes=max_body_mb * 2**20, api_key=api_key or None,

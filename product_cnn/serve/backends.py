@@ -1,9 +1,10 @@
-"""What answers the requests: the checkpoint's network (torch) or an exported ONNX model.
+"""What answers the requests: the checkpoint's network (torch) or an export of it (ONNX Runtime,
+OpenVINO): ``backend=auto`` serves a checkpoint on the runtime predict.py would pick.
 
 Both take the uint8 photo batches of the one image-reading path and return softmax
-probabilities (temperature-scaled when calibrated) and, from a checkpoint that carries one, the
-"none of these" similarity; the ONNX model gets the same [0, 1] float input the exported model
-documents (its temperature is inside it; it has no similarity).
+probabilities (temperature-scaled when calibrated) and, from a checkpoint that carries a feature
+bank, the "none of these" similarity; an export gets the same [0, 1] float input the exported
+model documents (its temperature and bank are inside it).
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from product_cnn.confidence.card import ConfidenceCard
 from product_cnn.confidence.gate import Gate, GateOptions
 from product_cnn.data.images import ImageSize, image_hw, to_unit_float
 from product_cnn.errors import ProductCNNError
-from product_cnn.inference.exported import open_session, read_sidecar, sidecar_card
+from product_cnn.inference.exported import export_precision, open_session, read_sidecar, sidecar_card
 
-BACKENDS = ("torch", "onnx", "openvino")
+BACKENDS = ("auto", "torch", "onnx", "openvino")
 EXPORTED = {"onnx": ".onnx", "openvino": ".xml"}  # the exported backends and their files
 
 
@@ -47,6 +48,7 @@ class ModelInfo:
     card: ConfidenceCard | None = None
     gate: Gate = field(default_factory=Gate)
     decode: str = "full"  # how the photos were decoded in training (data.decode)
+    export: str | None = None  # backend=auto: the checkpoint's cached export that answers
 
     def as_dict(self) -> dict[str, Any]:
         from importlib.metadata import PackageNotFoundError, version
@@ -62,7 +64,24 @@ class ModelInfo:
                 "unknown_threshold": self.gate.unknown_threshold, "rule": self.gate.describe()}
         return {"class_names": self.class_names, "architecture": self.arch, "input_size": [height, width],
                 "model_file": self.model_file, "sha256": self.sha256, "backend": self.backend,
-                "version": project, "calibration": calibration, "gate": gate}
+                "export": self.export, "version": project, "calibration": calibration, "gate": gate}
+
+
+def resolve_backend(backend: str, ckpt_path: str | None, exported_path: str | None, *, device: str,
+                    cache_dir: str | Path | None = None) -> tuple[str, str | None]:
+    """(backend, exported model) to serve: ``auto`` on a checkpoint is the runtime predict.py picks
+    (:func:`~product_cnn.inference.runtimes.runtime_model`: the checkpoint's cached export on
+    OpenVINO or ONNX Runtime, else torch), logged in one line."""
+    if backend != "auto":
+        return backend, exported_path
+    if not ckpt_path:
+        raise ProductCNNError("missing config value ckpt_path: serve.py ckpt_path=<checkpoint>")
+    from product_cnn.inference.runtimes import runtime_model
+
+    model, runtime = runtime_model(ckpt_path, device=device, cache_dir=cache_dir)
+    if runtime == "torch":
+        return "torch", None
+    return ("onnx" if str(model).endswith(".onnx") else "openvino"), str(model)
 
 
 def model_info(backend: str, ckpt_path: str | None, onnx_path: str | None, *,
@@ -70,7 +89,8 @@ def model_info(backend: str, ckpt_path: str | None, onnx_path: str | None, *,
     """Class names, architecture, input size and the gate of what will be served; a one-line error
     if unusable (a target accuracy the held-out photos do not reach, too)."""
     info = _model_info(backend, ckpt_path, onnx_path)
-    info.gate = (gate or GateOptions()).build([info.card], unknown=backend == "torch")
+    similarity = backend == "torch" or "similarity" in read_sidecar(onnx_path).get("outputs", {})
+    info.gate = (gate or GateOptions()).build([info.card], unknown=similarity)
     return info
 
 
@@ -84,9 +104,11 @@ def _model_info(backend: str, ckpt_path: str | None, onnx_path: str | None) -> M
                                   f"(written by export.py format={backend})")
         meta = read_sidecar(onnx_path)
         shape = meta["input"]["shape"]
+        source = ckpt_path or onnx_path  # backend=auto: the checkpoint the user gave, served from its export
         return ModelInfo(meta["class_names"], meta.get("arch", "unknown"), [shape[2], shape[3]],
-                         str(onnx_path), backend, sha256_of(onnx_path), sidecar_card(meta),
-                         decode=meta.get("decode", "full"))
+                         str(source), backend, sha256_of(source), sidecar_card(meta),
+                         decode=meta.get("decode", "full"),
+                         export=None if source == onnx_path else str(onnx_path))
     if not ckpt_path:
         raise ProductCNNError("missing config value ckpt_path: serve.py ckpt_path=<checkpoint>")
     from product_cnn.models.checkpoint import checkpoint_info, read_checkpoint
@@ -113,16 +135,23 @@ class TorchBackend:
 
 
 class ExportedBackend:
-    """An exported model: ``.onnx`` through ONNX Runtime, OpenVINO's ``.xml`` through OpenVINO
-    (in the precision OpenVINO picks: bf16 where the CPU computes it natively)."""
+    """An exported model: ``.onnx`` through ONNX Runtime, OpenVINO's ``.xml`` through OpenVINO, in
+    the precision of the checkpoint it was made from (bf16 only where native), with the "none of
+    these" similarity when the export carries it."""
 
-    def __init__(self, model_path: str) -> None:
-        self.run = open_session(model_path)
+    def __init__(self, model_path: str, unknown: bool = True) -> None:
+        meta = read_sidecar(model_path)
+        precision, _ = export_precision(model_path, "auto", meta.get("precision", "32"))
+        self.run = open_session(model_path, precision)
+        self.unknown = unknown
 
-    def scores(self, images: torch.Tensor) -> tuple[np.ndarray, None]:
-        return self.run(to_unit_float(images).numpy()), None
+    def scores(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+        outputs = self.run(to_unit_float(images).numpy())
+        return outputs[0], (outputs[2] if self.unknown and len(outputs) > 2 else None)
 
 
 def load_backend(backend: str, ckpt_path: str | None, onnx_path: str | None, *, device: str,
                  unknown: bool = True) -> Any:
-    return ExportedBackend(onnx_path) if backend in EXPORTED else TorchBackend(ckpt_path, device, unknown)
+    if backend in EXPORTED:
+        return ExportedBackend(onnx_path, unknown)
+    return TorchBackend(ckpt_path, device, unknown)

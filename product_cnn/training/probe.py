@@ -201,6 +201,8 @@ def save_probe(cfg: DictConfig, model: L.LightningModule, datamodule: ProductDat
     probe_cfg = cfg.copy()
     with open_dict(probe_cfg):
         probe_cfg.trainer.max_epochs = 0  # nothing to train: the fit sets up a checkpointable run
+        if str(probe_cfg.trainer.get("precision", "auto")) == "auto":  # features and head are fp32:
+            probe_cfg.trainer.precision = "32-true"  # so are its test and the precision it records
     trainer = build_trainer(probe_cfg, validate=False)
     trainer.fit(model, datamodule=datamodule, weights_only=True)
     ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "probe.ckpt"

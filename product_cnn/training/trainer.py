@@ -49,23 +49,25 @@ def _no_sync_batchnorm_on_cpu(trainer_cfg: DictConfig) -> None:
             trainer_cfg.sync_batchnorm = False
 
 
-def _resolve_precision(trainer_cfg: DictConfig) -> None:
-    """``precision: auto`` -> bf16-mixed or 32-true for this device (see precision.py), logged."""
+def _resolve_precision(trainer_cfg: DictConfig, trained: str | None = None) -> None:
+    """``precision: auto`` -> bf16-mixed or 32-true for this device and, for a trained checkpoint,
+    its own precision (see precision.py), logged."""
     precision, reason = resolve_precision(str(trainer_cfg.get("precision", "32-true")),
-                                          str(trainer_cfg.get("accelerator", "auto")))
+                                          str(trainer_cfg.get("accelerator", "auto")), trained=trained)
     if reason is not None:
         log.info("Precision %s: %s (trainer.precision=auto; set it to override)", precision, reason)
         with open_dict(trainer_cfg):
             trainer_cfg.precision = precision
 
 
-def build_trainer(cfg: DictConfig, validate: bool = True,
-                  extra_callbacks: list[Any] | None = None) -> L.Trainer:
+def build_trainer(cfg: DictConfig, validate: bool = True, extra_callbacks: list[Any] | None = None,
+                  trained: str | None = None) -> L.Trainer:
     """``cfg.trainer`` with the callbacks and loggers of ``cfg.callbacks`` and ``cfg.logger`` (and
-    ``extra_callbacks``); ``validate=False`` (no validation photos) skips the validation loop."""
+    ``extra_callbacks``); ``validate=False`` (no validation photos) skips the validation loop;
+    ``trained``: the precision of the checkpoint this trainer tests (``auto`` follows it)."""
     check_accelerator(cfg.trainer)
     _no_sync_batchnorm_on_cpu(cfg.trainer)
-    _resolve_precision(cfg.trainer)
+    _resolve_precision(cfg.trainer, trained)
     return instantiate(
         cfg.trainer,
         callbacks=instantiate_group(cfg.get("callbacks")) + list(extra_callbacks or []),

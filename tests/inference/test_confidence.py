@@ -63,7 +63,7 @@ def test_the_stored_temperature_reaches_predict_and_the_exports(tiny_run, calibr
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
     assert (got - raw).abs().max() > 1e-3  # the temperature made a difference
     scripted = torch.jit.load(str(export(calibrated, "torchscript", tmp_path / "m.pt")))
-    torch.testing.assert_close(scripted(to_unit_float(batch)), expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(scripted(to_unit_float(batch))[0], expected, atol=1e-5, rtol=0)
     meta = json.loads(sidecar_path(tmp_path / "m.pt").read_text())
     assert meta["calibration"]["temperature"] == pytest.approx(module.temperature)
     assert len(meta["calibration"]["heldout_confidence"]) == 12

@@ -37,16 +37,32 @@ def test_onnx_export_matches_the_lightning_model(tiny_run, tmp_path, batch):
 def test_torchscript_export_matches_the_lightning_model(tiny_run, tmp_path, batch):
     path = export(tiny_run["best"], "torchscript", tmp_path / "model.pt")
     scripted = torch.jit.load(str(path))
-    got = scripted(batch).detach().numpy()
+    got = scripted(batch)[0].detach().numpy()
     assert np.abs(got - _reference(tiny_run["best"], batch)).max() < 1e-4
     assert json.loads(sidecar_path(path).read_text())["format"] == "torchscript"
 
 
-def test_exported_wrapper_returns_probabilities(tiny_run, batch):
+def test_the_export_carries_the_whole_answer(tiny_run, batch):
+    """Probabilities, the pooled features and the "none of these" similarity, as the checkpoint's
+    Predictor computes them (the bank is inside the model; the threshold in the sidecar)."""
+    from product_cnn.models.checkpoint import checkpoint_info, read_checkpoint
+    from product_cnn.models.penultimate import Penultimate
+
     model, meta = load_for_export(tiny_run["best"])
-    probs = model(batch)
-    assert torch.allclose(probs.sum(1), torch.ones(3), atol=1e-6)
-    assert meta["output"]["shape"] == ["N", 3]
+    probs, features, sims = model(batch)
+    predictor = Predictor.from_checkpoint(tiny_run["best"], device="cpu", precision="32")
+    want_probs, want_sims = predictor.scores(batch)
+    assert predictor.gate.unknown_threshold is not None and want_sims is not None
+    torch.testing.assert_close(probs, want_probs, atol=1e-5, rtol=0)
+    torch.testing.assert_close(sims, want_sims, atol=1e-5, rtol=0)
+    with Penultimate(predictor.net) as grab, torch.no_grad():
+        predictor.net(batch)
+    torch.testing.assert_close(features, grab.take(), atol=1e-5, rtol=0)
+    card = checkpoint_info(read_checkpoint(tiny_run["best"])).card
+    assert meta["outputs"] == {"probabilities": ["N", 3], "features": ["N", features.shape[1]],
+                               "similarity": ["N"]}
+    assert meta["calibration"]["unknown_threshold"] == card.unknown_threshold
+    assert meta["precision"] == "32"  # tiny_run trains with trainer.precision=32-true
 
 
 def test_unknown_format_is_refused(tiny_run):
@@ -75,10 +91,13 @@ def test_exported_models_predict_as_the_checkpoint(tiny_run, tmp_path, batch, fm
     got = exported.probabilities(images.numpy())
     assert np.abs(got - _reference(tiny_run["best"], images)).max() < 1e-4
     photos = sorted(tiny_run["root"].rglob("*.jpg"))
-    want = Predictor.from_checkpoint(tiny_run["best"], device="cpu", gate=NO_UNKNOWN).predict(photos)
+    checkpoint = Predictor.from_checkpoint(tiny_run["best"], device="cpu")  # "none of these" on
+    assert exported.gate.unknown_threshold == checkpoint.gate.unknown_threshold is not None
+    want = checkpoint.predict(photos)
     for a, b in zip(exported.predict(photos), want, strict=True):
-        assert a.source == b.source and a.category == b.category
+        assert a.source == b.source and a.category == b.category and a.verdict == b.verdict
         assert [p for _, p in a.topk] == pytest.approx([p for _, p in b.topk], abs=1e-4)
+        assert a.similarity == pytest.approx(b.similarity, abs=1e-5)
 
 
 def test_predict_py_runs_an_openvino_export_without_torch(tiny_run, tmp_path):
@@ -111,33 +130,3 @@ def test_a_missing_export_is_one_line(tmp_path):
 
     with pytest.raises(ProductCNNError, match=r"model.xml or its sidecar model.xml.json does not exist"):
         ExportedPredictor(tmp_path / "model.xml")
-
-
-def test_runtime_openvino_exports_a_checkpoint_once_into_the_cache(tiny_run, tmp_path):
-    pytest.importorskip("openvino")
-    import csv
-
-    from product_cnn.errors import ProductCNNError
-    from product_cnn.tasks import predict
-    from tests.helpers import compose_cfg
-
-    def run(n: int, *extra: str) -> list[dict]:
-        out = tmp_path / f"p{n}.csv"
-        cfg = compose_cfg("predict", [f"ckpt_path={tiny_run['best']}", f"inputs={tiny_run['root']}",
-                                      f"output={out}", "runtime=openvino", "precision=32", *extra],
-                          tmp_path / f"run{n}", tmp_path / "cache")
-        assert predict(cfg) == 0
-        return list(csv.DictReader(out.open()))
-
-    first = run(0)
-    exports = sorted((tmp_path / "cache" / "exports").glob("*.xml"))
-    assert len(exports) == 1
-    made = exports[0].stat().st_mtime_ns
-    second = run(1)
-    assert exports[0].stat().st_mtime_ns == made  # found again, not exported again
-    want = Predictor.from_checkpoint(tiny_run["best"], device="cpu", gate=NO_UNKNOWN).predict(
-        [r["path"] for r in first])
-    assert [r["top1_category"] for r in first] == [r["top1_category"] for r in second] == [
-        p.topk[0][0] for p in want]
-    with pytest.raises(ProductCNNError, match="runtime='onnx' is not one of torch, openvino"):
-        run(2, "runtime=onnx")

@@ -12,6 +12,7 @@ from lightning.pytorch.callbacks import Callback
 from PIL import Image
 
 from product_cnn.data.datamodule import ProductDataModule
+from product_cnn.data.images import load_image
 from product_cnn.errors import DataError
 from product_cnn.inference.predictor import Predictor, expand_inputs
 from product_cnn.training.module import ProductClassifier
@@ -140,16 +141,73 @@ def test_bf16_inference_keeps_the_answers_within_the_reported_tolerance(tiny_run
     assert max(diffs) > 0  # it did run in bf16
 
 
-def test_auto_precision_is_bf16_only_where_the_cpu_has_it():
+def test_auto_precision_follows_the_checkpoint():
     from product_cnn.errors import ProductCNNError
     from product_cnn.inference.predictor import resolve_inference_precision
 
-    assert resolve_inference_precision("auto", "cpu", {"avx2", "avx512_bf16"})[0] == "bf16"
-    assert resolve_inference_precision("auto", "cpu", {"avx2", "amx_bf16"})[0] == "bf16"
-    assert resolve_inference_precision("auto", "cpu", {"avx2", "avx512f"})[0] == "32"
-    assert resolve_inference_precision("32", "cpu", {"avx512_bf16"}) == ("32", None)
+    native = {"avx2", "avx512_bf16"}
+    assert resolve_inference_precision("auto", "cpu", native, trained="bf16")[0] == "bf16"
+    assert resolve_inference_precision("auto", "cpu", {"avx2", "amx_bf16"}, trained="bf16")[0] == "bf16"
+    assert resolve_inference_precision("auto", "cpu", {"avx2", "avx512f"}, trained="bf16")[0] == "32"
+    precision, why = resolve_inference_precision("auto", "cpu", native, trained="32")
+    assert precision == "32" and "trained and tested in fp32" in why
+    assert resolve_inference_precision("bf16", "cpu", native, trained="32") == ("bf16", None)  # asked for
+    assert resolve_inference_precision("32", "cpu", native, trained="bf16") == ("32", None)
     with pytest.raises(ProductCNNError, match="precision='16' is not one of auto, 32, bf16"):
         resolve_inference_precision("16", "cpu")
+
+
+@pytest.fixture
+def bf16_checkpoint(tiny_run, tmp_path):
+    """tiny_run's checkpoint as if trained with trainer.precision=bf16-mixed."""
+    checkpoint = torch.load(tiny_run["best"], map_location="cpu", weights_only=False)
+    checkpoint["precision"] = "bf16-mixed"
+    path = tmp_path / "bf16.ckpt"
+    torch.save(checkpoint, path)
+    return path
+
+
+def test_a_checkpoint_predicts_in_the_precision_it_was_trained_in(tiny_run, bf16_checkpoint, monkeypatch):
+    """fp32-trained: fp32 under auto even on a CPU with native bf16 (the fp32 forward within 1e-5);
+    bf16-trained: bf16 where native, fp32 where bf16 would be emulated."""
+    from product_cnn.inference.bn_fold import fold_batchnorm
+    from product_cnn.inference.loading import load_network
+    from product_cnn.models import precision
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16"})
+    photos = sorted(tiny_run["root"].rglob("*.jpg"))[:16]
+    fp32 = Predictor.from_checkpoint(tiny_run["best"], device="cpu")
+    assert fp32.precision == "32"
+    loaded = load_network(tiny_run["best"])
+    batch = torch.stack([load_image(p, 64) for p in photos])
+    with torch.no_grad():
+        forward = torch.softmax(loaded.net(batch.float() / 255) / loaded.info.temperature, dim=1)
+    torch.testing.assert_close(fp32.probabilities(batch), forward, atol=1e-5, rtol=0)
+    with torch.no_grad():
+        folded = torch.softmax(fold_batchnorm(loaded.net)(batch.float() / 255) / loaded.info.temperature, 1)
+    torch.testing.assert_close(folded, forward, atol=1e-5, rtol=0)
+    assert Predictor.from_checkpoint(str(bf16_checkpoint), device="cpu").precision == "bf16"
+    both = Predictor.from_checkpoint([str(bf16_checkpoint), tiny_run["best"]], device="cpu")
+    assert both.precision == "32"  # an ensemble: bf16 only when every member was trained in it
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2"})
+    assert Predictor.from_checkpoint(str(bf16_checkpoint), device="cpu").precision == "32"
+
+
+def test_an_export_runs_in_the_precision_of_its_checkpoint(bf16_checkpoint, tmp_path, monkeypatch):
+    pytest.importorskip("openvino")
+    pytest.importorskip("onnxruntime")
+    from product_cnn.inference.export import export
+    from product_cnn.inference.exported import export_precision
+    from product_cnn.models import precision
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2", "avx512_bf16"})
+    xml = export(bf16_checkpoint, "openvino", tmp_path / "m.xml")
+    assert json.loads((tmp_path / "m.xml.json").read_text())["precision"] == "bf16"
+    assert export_precision(xml, "auto", "bf16")[0] == "bf16"
+    assert export_precision(xml, "auto", "32")[0] == "32"
+    assert export_precision(tmp_path / "m.onnx", "auto", "bf16")[0] == "32"  # ONNX Runtime: fp32 on CPU
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2"})
+    assert export_precision(xml, "auto", "bf16")[0] == "32"
 
 
 def test_predict_py_on_a_checkpoint_imports_no_lightning(tiny_run, tmp_path):

@@ -80,7 +80,7 @@ def test_the_imported_checkpoint_works_with_eval_predict_export_and_train(expect
     assert report["num_samples"] == 30 and result["test/acc"] == pytest.approx(report["accuracy"])
     script = torch.jit.load(str(export(ckpt, "torchscript", tmp_path / "k.pt")))
     images, probs = expected
-    assert np.abs(script(images).detach().numpy() - probs).max() < 1e-5
+    assert np.abs(script(images)[0].detach().numpy() - probs).max() < 1e-5
     cfg = compose_cfg("train", ["trainer.accelerator=cpu", "data=folder", f"data.root={photos}",
                                 "data.image_size=64", "data.batch_size=8", "trainer.max_epochs=1",
                                 f"ckpt_path={ckpt}", "callbacks.rich_progress_bar=null"],

@@ -58,7 +58,7 @@ def test_each_architecture_trains_evaluates_predicts_and_exports(arch, train_cfg
     got = session.run(None, {"images": batch.numpy()})[0]
     assert np.abs(got - reference).max() < 1e-4
     script = torch.jit.load(str(export(best, "torchscript", tmp_path / "m.pt")))
-    assert np.abs(script(batch).detach().numpy() - reference).max() < 1e-4
+    assert np.abs(script(batch)[0].detach().numpy() - reference).max() < 1e-4
 
 
 def test_resuming_with_another_architecture_is_refused_in_one_line(train_cfg, tree_factory, tmp_path):

@@ -47,3 +47,13 @@ def test_the_default_is_auto_and_the_original_run_stays_fp32(tmp_path):
     assert precision() == "auto"
     assert precision("experiment=original") == "32-true"
     assert precision("trainer.precision=32-true") == "32-true"
+
+
+def test_auto_follows_a_trained_checkpoint_for_eval():
+    """eval.py's trainer: a checkpoint trained in fp32 is tested in fp32 even on a CPU with native
+    bf16, so its report gives the probabilities predict.py gives; a bf16 one in bf16 where native."""
+    native = {"avx512_bf16"}
+    assert resolve_precision("auto", "cpu", flags=native, trained="32")[0] == "32-true"
+    assert resolve_precision("auto", "cpu", flags=native, trained="bf16")[0] == "bf16-mixed"
+    assert resolve_precision("auto", "cpu", flags={"avx2"}, trained="bf16")[0] == "32-true"
+    assert resolve_precision("bf16-mixed", "cpu", flags=native, trained="32") == ("bf16-mixed", None)

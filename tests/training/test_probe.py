@@ -55,11 +55,13 @@ def test_the_probe_checkpoint_predicts_what_features_and_head_predict(tree_facto
 
     root = tree_factory({"Bags": 8, "Cups": 8, "Pens": 8})
     cache = tmp_path / "cache"
-    _, _, _, out = _probe(root, tmp_path / "run", cache, caplog=caplog)
+    _, _, _, out = _probe(root, tmp_path / "run", cache, "trainer.precision=auto", caplog=caplog)
     ckpt = out / "checkpoints" / "probe.ckpt"
     saved = torch.load(ckpt, weights_only=True)
     assert saved["hyper_parameters"]["arch"] == "tf_efficientnet_lite0"
-    predictor = Predictor.from_checkpoint(ckpt, device="cpu")
+    assert saved["precision"] == "32-true"  # fp32 features and head: tested and recorded in fp32
+    predictor = Predictor.from_checkpoint(ckpt, device="cpu")  # precision=auto follows it: fp32
+    assert predictor.precision == "32"
     features_file = next((cache / "features").glob("*.pt"))
     entries = torch.load(features_file, weights_only=True)
     photos = sorted(str(p) for p in root.rglob("*.jpg"))
