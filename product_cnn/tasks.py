@@ -1,6 +1,7 @@
 """What the entry points run: train, evaluate, check_data, prepare_data, predict, export,
 find_label_issues, import_keras, serve. Each is a recipe of calls into the sub-packages, which
-make the choices (:func:`product_cnn.cli.run` turns a user's error into one line)."""
+make the choices (:func:`product_cnn.cli.run` turns a user's error into one line). Lightning and
+the training stack are imported inside the tasks that need them: predict.py starts faster."""
 
 from __future__ import annotations
 
@@ -10,8 +11,6 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from product_cnn.runtime import tune_malloc
-
-# Lightning and the training stack are imported inside the tasks that need them: predict.py starts faster
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +112,7 @@ def predict(cfg: DictConfig) -> int:
         cfg.ckpt_path, runtime=cfg.get("runtime", "auto"), device=process_device(cfg.device, plan.world),
         batch_size=cfg.batch_size, num_workers=0 if shards else cfg.num_workers,  # shard items: read here
         tta=cfg.get("tta", "none"), gate=GateOptions.from_config(cfg), precision=cfg.get("precision", "auto"),
-        cache_dir=cfg.paths.cache_dir)
+        cache_dir=cfg.paths.cache_dir, min_agreement=cfg.get("int8_min_agreement"))
     log.info("Classifying %d %s with %s on %s (%s)", len(files), "shard item(s)" if shards else "file(s)",
              predictor.describe(cfg.ckpt_path), predictor.device, predictor.gate.describe())
     if plan.part_size:  # catalogue scale: this rank's parts, merged by the last rank to finish
@@ -129,7 +128,8 @@ def export(cfg: DictConfig) -> str:
     """Export ``cfg.ckpt_path`` to ONNX, OpenVINO or TorchScript; return the written path."""
     from product_cnn.inference.export import export as export_checkpoint
 
-    return str(export_checkpoint(cfg.ckpt_path, cfg.format, cfg.get("output")))
+    return str(export_checkpoint(cfg.ckpt_path, cfg.format, cfg.get("output"), precision=str(cfg.precision),
+                                 min_agreement=cfg.get("int8_min_agreement")))
 
 
 def find_label_issues(cfg: DictConfig) -> str:

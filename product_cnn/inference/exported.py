@@ -10,6 +10,7 @@ runtimes release the GIL), so decoding and inference overlap.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -30,7 +31,7 @@ from product_cnn.models.tta import check_tta
 log = logging.getLogger(__name__)
 
 RUNTIMES = {".onnx": "onnxruntime", ".xml": "openvino"}
-SUFFIXES = {"openvino": ".xml", "onnx": ".onnx"}  # export.py's formats this module runs
+SUFFIXES = {"openvino": ".xml", "onnx": ".onnx", "int8": ".int8.onnx"}  # the exports this module runs
 PRECISIONS = {"32": "f32", "bf16": "bf16"}  # OpenVINO's INFERENCE_PRECISION_HINT
 CACHE_VERSION = 2  # bump when export.py's graph changes: cached exports are made again (2: features)
 
@@ -49,17 +50,20 @@ def file_digest(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def cached_export(ckpt_path: str | Path, cache_dir: str | Path, fmt: str = "openvino") -> Path:
-    """The ``fmt`` export (openvino or onnx) of a checkpoint, made once into ``<cache_dir>/exports/``
-    and found again by the checkpoint's SHA-256 (a changed checkpoint gets its own). Only a first
-    run imports torch, to export."""
+def cached_export(ckpt_path: str | Path, cache_dir: str | Path, fmt: str = "openvino",
+                  min_agreement: float | None = None) -> Path:
+    """The ``fmt`` export (openvino, onnx, or int8: quantized, refused under ``min_agreement``) of a
+    checkpoint, made once into ``<cache_dir>/exports/`` and found again by the checkpoint's SHA-256
+    (a changed checkpoint gets its own). Only a first run imports torch, to export."""
     key = f"{file_digest(ckpt_path)[:24]}-v{CACHE_VERSION}"
     model = Path(cache_dir).expanduser() / "exports" / f"{key}{SUFFIXES[fmt]}"
     parts = [model, Path(f"{model}.json")] + ([model.with_suffix(".bin")] if fmt == "openvino" else [])
     if not all(p.is_file() for p in parts):
         from product_cnn.inference.export import export  # torch, timm: the first run only
 
-        export(ckpt_path, fmt, model)
+        int8 = fmt == "int8"
+        export(ckpt_path, "onnx" if int8 else fmt, model, precision="int8" if int8 else "32",
+               min_agreement=min_agreement)
     return model
 
 
@@ -106,8 +110,13 @@ def export_precision(model_path: str | Path, requested: str, trained: str = "32"
     that computes it natively (ONNX Runtime has no bf16 on CPU)."""
     from product_cnn.models.precision import resolve_precision
 
-    if str(requested) not in ("auto", *PRECISIONS):
-        raise ProductCNNError(f"precision={requested!r} is not one of auto, {', '.join(PRECISIONS)}")
+    if str(requested) not in ("auto", "int8", *PRECISIONS):
+        raise ProductCNNError(f"precision={requested!r} is not one of auto, {', '.join(PRECISIONS)}, int8")
+    if trained == "int8" or str(requested) == "int8":
+        if trained != "int8":
+            raise ProductCNNError(f"precision=int8 takes a checkpoint (quantized from it, cached) or an int8 "
+                                  f"export (export.py precision=int8); {Path(model_path).name} is not one")
+        return "32", None  # the model's own int8 convolutions; the rest in fp32
     runtime = RUNTIMES[Path(model_path).suffix.lower()]
     resolved, why = resolve_precision(str(requested), "cpu", trained=trained)
     if resolved.startswith("bf16") and runtime == "onnxruntime":
@@ -118,11 +127,17 @@ def export_precision(model_path: str | Path, requested: str, trained: str = "32"
     return ("bf16" if resolved.startswith("bf16") else "32"), why
 
 
-def open_session(model_path: str | Path, precision: str = "32",
-                 threads: int | None = None) -> Callable[[np.ndarray], list[np.ndarray]]:
-    """``float32 NCHW batch -> [probabilities, features, (similarity)]`` through the runtime the
-    file's suffix names, in ``precision`` (``"32"`` or ``"bf16"``: OpenVINO only)."""
-    runtime = RUNTIMES[Path(model_path).suffix.lower()]
+def int8_runtime() -> str:
+    """The runtime of an int8 ``.onnx``: OpenVINO where installed (it reads ONNX; faster int8
+    kernels), else ONNX Runtime."""
+    return "openvino" if importlib.util.find_spec("openvino") else "onnxruntime"
+
+
+def open_session(model_path: str | Path, precision: str = "32", threads: int | None = None,
+                 runtime: str | None = None) -> Callable[[np.ndarray], list[np.ndarray]]:
+    """``float32 NCHW batch -> [probabilities, features, (similarity)]`` through ``runtime`` (None:
+    the one the file's suffix names), in ``precision`` (``"32"`` or ``"bf16"``: OpenVINO only)."""
+    runtime = runtime or RUNTIMES[Path(model_path).suffix.lower()]
     if str(precision) not in PRECISIONS:
         raise ProductCNNError(f"precision={precision!r} is not one of {', '.join(PRECISIONS)}")
     try:
@@ -175,15 +190,17 @@ class ExportedPredictor:
         else:  # "none of these" needs only the threshold: no torch
             cards = [UnknownThreshold((meta.get("calibration") or {}).get("unknown_threshold"))]
         self.gate: Gate = gate.build(cards, unknown=has_similarity)
-        self.precision, reason = export_precision(model_path, precision, meta.get("precision", "32"))
+        trained = meta.get("precision", "32")
+        self.precision, reason = export_precision(model_path, precision, trained)
         if reason:
             log.info("Inference precision %s: %s", self.precision, reason)
-        self.run = open_session(model_path, self.precision)
+        self.runtime = int8_runtime() if trained == "int8" else RUNTIMES[Path(model_path).suffix.lower()]
+        self.run = open_session(model_path, self.precision, runtime=self.runtime)
         self.workers = workers or min(4, os.cpu_count() or 1)
         self.device = "cpu"
 
     def describe(self, ckpt_path: str) -> str:
-        return f"{ckpt_path} ({RUNTIMES[Path(self.model_path).suffix.lower()]})"
+        return f"{ckpt_path} ({self.runtime}{', int8' if self.model_path.endswith('.int8.onnx') else ''})"
 
     def _decode(self, path: Any) -> tuple[np.ndarray | None, str]:
         try:

@@ -18,7 +18,7 @@ from typing import Any
 
 from product_cnn.confidence.gate import GateOptions
 from product_cnn.errors import ProductCNNError
-from product_cnn.inference.exported import ExportedPredictor, cached_export, is_exported
+from product_cnn.inference.exported import ExportedPredictor, cached_export, int8_runtime, is_exported
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +55,18 @@ def _on_gpu(device: str) -> bool:
     return torch.cuda.is_available()
 
 
+def _several(ckpt_path: Any) -> bool:
+    """Whether ``ckpt_path`` names several checkpoints (a list, a glob, a comma list): an ensemble."""
+    return not isinstance(ckpt_path, (str, Path)) or any(c in str(ckpt_path) for c in "*?[,")
+
+
 def choose_runtime(ckpt_path: Any, runtime: str = "auto", device: str = "auto",
                    precision: str = "auto") -> tuple[str, str]:
     """(``torch``, ``openvino`` or ``onnxruntime``, why) for ``ckpt_path``; a one-line error for an
     unknown runtime or one that cannot run it."""
     if runtime not in RUNTIME_CHOICES:
         raise ProductCNNError(f"runtime={runtime!r} is not one of {', '.join(RUNTIME_CHOICES)}")
-    several = not isinstance(ckpt_path, (str, Path)) or any(c in str(ckpt_path) for c in "*?[,")
+    several = _several(ckpt_path)
     if runtime in EXPORT_FORMAT:
         if several:
             raise ProductCNNError(f"runtime={runtime} takes one checkpoint (ensembles: runtime=torch)")
@@ -81,20 +86,23 @@ def choose_runtime(ckpt_path: Any, runtime: str = "auto", device: str = "auto",
 
 
 def runtime_model(ckpt_path: Any, *, runtime: str = "auto", device: str = "auto", precision: str = "auto",
-                  cache_dir: str | Path | None = None) -> tuple[Any, str]:
+                  cache_dir: str | Path | None = None, min_agreement: float | None = None) -> tuple[Any, str]:
     """(what to run: ``ckpt_path`` itself or its cached export, the runtime's name), logged in one
     line with the reason; an export that fails under ``runtime=auto`` falls back to PyTorch.
-    ``cache_dir``: where exports are kept (None: the project's cache folder)."""
+    ``cache_dir``: where exports are kept (None: the project's cache folder); ``precision=int8``:
+    the checkpoint's int8 export (refused under ``min_agreement``, :mod:`.quantize`)."""
     if is_exported(ckpt_path):
         return ckpt_path, "exported"
-    chosen, why = choose_runtime(ckpt_path, runtime, device, precision)
-    if chosen == "torch":
-        log.info("Runtime torch: %s", why)
-        return ckpt_path, chosen
     if cache_dir is None:
         from product_cnn.data.cache import default_cache_dir
 
         cache_dir = default_cache_dir()
+    if str(precision) == "int8":
+        return _int8_model(ckpt_path, runtime, cache_dir, min_agreement)
+    chosen, why = choose_runtime(ckpt_path, runtime, device, precision)
+    if chosen == "torch":
+        log.info("Runtime torch: %s", why)
+        return ckpt_path, chosen
     try:
         model = cached_export(ckpt_path, cache_dir, EXPORT_FORMAT[chosen])
     except Exception as err:  # any converter's failure: PyTorch runs it (and reports a bad checkpoint)
@@ -107,13 +115,28 @@ def runtime_model(ckpt_path: Any, *, runtime: str = "auto", device: str = "auto"
     return model, chosen
 
 
+def _int8_model(ckpt_path: Any, runtime: str, cache_dir: str | Path,
+                min_agreement: float | None) -> tuple[Path, str]:
+    """The checkpoint's cached int8 export and the runtime that runs it, or a one-line error."""
+    if runtime == "torch" or _several(ckpt_path):
+        raise ProductCNNError("precision=int8 takes one checkpoint and runs it on ONNX Runtime or OpenVINO "
+                              "(not runtime=torch, not an ensemble)")
+    if not installed("onnxruntime"):
+        raise ProductCNNError('precision=int8 needs ONNX Runtime: pip install -e ".[export]"')
+    model = cached_export(ckpt_path, cache_dir, "int8", min_agreement)
+    chosen = int8_runtime()
+    log.info("Runtime %s (int8): the checkpoint's int8 export %s", chosen, model)
+    return model, chosen
+
+
 def open_predictor(ckpt_path: Any, *, runtime: str = "auto", device: str = "auto", batch_size: int = 32,
                    num_workers: int = 0, tta: str = "none", gate: GateOptions | None = None,
-                   precision: str = "auto", cache_dir: str | Path | None = None) -> Any:
+                   precision: str = "auto", cache_dir: str | Path | None = None,
+                   min_agreement: float | None = None) -> Any:
     """A predictor for ``ckpt_path`` (one or several checkpoints, or an exported model file) on the
     runtime :func:`runtime_model` picks."""
     model, _ = runtime_model(ckpt_path, runtime=runtime, device=device, precision=precision,
-                             cache_dir=cache_dir)
+                             cache_dir=cache_dir, min_agreement=min_agreement)
     if is_exported(model):
         return ExportedPredictor(model, batch_size=batch_size, tta=tta, gate=gate, precision=precision)
     from product_cnn.inference.predictor import Predictor  # torch: only where a checkpoint runs in it
