@@ -144,17 +144,7 @@ def open_session(model_path: str | Path, precision: str = "32", threads: int | N
         if runtime == "openvino":
             import openvino as ov
 
-            config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": PRECISIONS[str(precision)]}
-            if threads:
-                config["INFERENCE_NUM_THREADS"] = threads
-            compiled = ov.Core().compile_model(str(model_path), "CPU", config)
-            outputs = compiled.outputs
-
-            def run_openvino(batch: np.ndarray) -> list[np.ndarray]:
-                result = compiled(batch)
-                return [result[o] for o in outputs]
-
-            return run_openvino
+            return _openvino_session(ov, model_path, PRECISIONS[str(precision)], threads)
         if str(precision) == "bf16":
             raise ProductCNNError("ONNX Runtime runs the export in fp32 here: precision=auto or 32 "
                                   "(an OpenVINO export, format=openvino, runs bf16)")
@@ -168,6 +158,37 @@ def open_session(model_path: str | Path, precision: str = "32", threads: int | N
     except ImportError:
         name = Path(model_path).name
         raise ProductCNNError(f"{name} needs {runtime}: pip install -e \".[export]\"") from None
+
+
+CHUNK = 4  # photos per OpenVINO request: small batches run faster per photo on CPU (docs/performance.md)
+
+
+def _openvino_session(ov: Any, model_path: str | Path, hint: str,
+                      threads: int | None) -> Callable[[np.ndarray], list[np.ndarray]]:
+    """OpenVINO in throughput mode: a batch runs as chunks of :data:`CHUNK` photos on parallel
+    requests (one stream per core: less waiting between layers than one request on every core)."""
+    config = {"PERFORMANCE_HINT": "THROUGHPUT", "INFERENCE_PRECISION_HINT": hint}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    compiled = ov.Core().compile_model(str(model_path), "CPU", config)
+    queue = ov.AsyncInferQueue(compiled, compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+    count = len(compiled.outputs)
+    results: dict[int, list[np.ndarray]] = {}
+
+    def keep(request: Any, index: int) -> None:
+        results[index] = [request.get_output_tensor(k).data.copy() for k in range(count)]
+
+    queue.set_callback(keep)
+
+    def run_openvino(batch: np.ndarray) -> list[np.ndarray]:
+        results.clear()
+        starts = range(0, len(batch), CHUNK)
+        for i, start in enumerate(starts):
+            queue.start_async({0: batch[start:start + CHUNK]}, i)
+        queue.wait_all()
+        return [np.concatenate([results[i][k] for i in range(len(starts))]) for k in range(count)]
+
+    return run_openvino
 
 
 class ExportedPredictor:
