@@ -36,9 +36,13 @@ def _probabilities(ckpt: Path, images: torch.Tensor) -> np.ndarray:
 
 
 @pytest.mark.parametrize("name", ["mirror64.keras", "mirror64.h5", "mirror64_keras2.h5"])
-def test_imported_checkpoint_gives_the_keras_probabilities(name, expected, tmp_path):
+def test_imported_checkpoint_gives_the_keras_probabilities(name, expected, tmp_path, monkeypatch):
+    from product_cnn.models import precision
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2", "avx512_bf16"})  # native bf16: still fp32
     images, probs = expected
     ckpt = import_keras(FIXTURES / name, tmp_path / "k.ckpt", NAMES)
+    assert Predictor.from_checkpoint(ckpt, device="cpu").precision == "32"  # precision=auto follows it
     assert np.abs(_probabilities(ckpt, images) - probs).max() < 1e-5
     saved = torch.load(ckpt, weights_only=True)
     assert saved["hyper_parameters"]["class_names"] == NAMES and saved["hyper_parameters"]["image_size"] == 64
