@@ -126,10 +126,10 @@ def predict(cfg: DictConfig) -> int:
 
 def export(cfg: DictConfig) -> str:
     """Export ``cfg.ckpt_path`` to ONNX, OpenVINO or TorchScript; return the written path."""
-    from product_cnn.inference.export import export as export_checkpoint
+    from product_cnn.inference.quantize import export_at
 
-    return str(export_checkpoint(cfg.ckpt_path, cfg.format, cfg.get("output"), precision=str(cfg.precision),
-                                 min_agreement=cfg.get("int8_min_agreement")))
+    return str(export_at(cfg.ckpt_path, cfg.format, cfg.get("output"), precision=str(cfg.precision),
+                         min_agreement=cfg.get("int8_min_agreement")))
 
 
 def find_label_issues(cfg: DictConfig) -> str:

@@ -118,22 +118,11 @@ def check_split(model: AnswerModel, net: nn.Module, image_hw: tuple[int, int], n
                               "predict it with runtime=torch")
 
 
-def export(ckpt_path: str | Path, fmt: str, output: str | Path | None = None, *, precision: str = "32",
-           min_agreement: float | None = None) -> Path:
-    """Write ``output`` (default: next to the checkpoint) in ``fmt`` and its ``.json`` sidecar;
-    ``precision="int8"``: an int8 ONNX model (:mod:`~product_cnn.inference.quantize`, refused in one
-    line when its top-1 agreement with fp32 is under ``min_agreement``)."""
+def export(ckpt_path: str | Path, fmt: str, output: str | Path | None = None) -> Path:
+    """Write ``output`` (default: next to the checkpoint) in ``fmt`` and its ``.json`` sidecar
+    (int8: :func:`product_cnn.inference.quantize.export_at`)."""
     if fmt not in FORMATS:
         raise ProductCNNError(f"unknown export format {fmt!r}: choose one of {', '.join(FORMATS)}")
-    if str(precision) not in ("32", "int8"):
-        raise ProductCNNError(f"precision={precision!r} is not one of 32, int8 (exports are fp32 or int8)")
-    if str(precision) == "int8":
-        from product_cnn.inference.quantize import MIN_AGREEMENT, quantize_export
-
-        if fmt != "onnx":
-            raise ProductCNNError("precision=int8 writes ONNX (format=onnx); OpenVINO runs it if installed")
-        output = Path(output) if output else Path(ckpt_path).with_suffix(".int8.onnx")
-        return quantize_export(ckpt_path, output, min_agreement=min_agreement or MIN_AGREEMENT)[0]
     model, meta = load_for_export(ckpt_path)
     output = Path(output) if output else Path(ckpt_path).with_suffix(FORMATS[fmt])
     example = torch.rand(2, *meta["input"]["shape"][1:])

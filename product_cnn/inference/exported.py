@@ -31,40 +31,7 @@ from product_cnn.models.tta import check_tta
 log = logging.getLogger(__name__)
 
 RUNTIMES = {".onnx": "onnxruntime", ".xml": "openvino"}
-SUFFIXES = {"openvino": ".xml", "onnx": ".onnx", "int8": ".int8.onnx"}  # the exports this module runs
 PRECISIONS = {"32": "f32", "bf16": "bf16"}  # OpenVINO's INFERENCE_PRECISION_HINT
-CACHE_VERSION = 2  # bump when export.py's graph changes: cached exports are made again (2: features)
-
-
-def file_digest(path: str | Path) -> str:
-    """The SHA-256 of a file, or a one-line error naming it."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 24):
-                digest.update(chunk)
-    except OSError as err:
-        raise ProductCNNError(f"checkpoint {path} cannot be read: {err.strerror or err}") from None
-    return digest.hexdigest()
-
-
-def cached_export(ckpt_path: str | Path, cache_dir: str | Path, fmt: str = "openvino",
-                  min_agreement: float | None = None) -> Path:
-    """The ``fmt`` export (openvino, onnx, or int8: quantized, refused under ``min_agreement``) of a
-    checkpoint, made once into ``<cache_dir>/exports/`` and found again by the checkpoint's SHA-256
-    (a changed checkpoint gets its own). Only a first run imports torch, to export."""
-    key = f"{file_digest(ckpt_path)[:24]}-v{CACHE_VERSION}"
-    model = Path(cache_dir).expanduser() / "exports" / f"{key}{SUFFIXES[fmt]}"
-    parts = [model, Path(f"{model}.json")] + ([model.with_suffix(".bin")] if fmt == "openvino" else [])
-    if not all(p.is_file() for p in parts):
-        from product_cnn.inference.export import export  # torch, timm: the first run only
-
-        int8 = fmt == "int8"
-        export(ckpt_path, "onnx" if int8 else fmt, model, precision="int8" if int8 else "32",
-               min_agreement=min_agreement)
-    return model
 
 
 def is_exported(path: str | Path) -> bool:

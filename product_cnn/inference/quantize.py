@@ -133,3 +133,19 @@ def quantize_export(ckpt_path: str | Path, output: str | Path, *,
     log.info("int8: %s (top-1 agreement with fp32 %.1f%% on %d held-out photos, largest probability "
              "change %.3f)", output, 100 * found.top1, found.photos, found.max_abs_diff)
     return output, found
+
+
+def export_at(ckpt_path: str | Path, fmt: str, output: str | Path | None = None, *, precision: str = "32",
+              min_agreement: float | None = None) -> Path:
+    """export.py: ``fmt`` in fp32 (:func:`~product_cnn.inference.export.export`) or, with
+    ``precision="int8"``, an int8 ONNX model next to the checkpoint (``best.int8.onnx``)."""
+    from product_cnn.inference.export import export
+
+    if str(precision) not in ("32", "int8"):
+        raise ProductCNNError(f"precision={precision!r} is not one of 32, int8 (exports are fp32 or int8)")
+    if str(precision) == "32":
+        return export(ckpt_path, fmt, output)
+    if fmt != "onnx":
+        raise ProductCNNError("precision=int8 writes ONNX (format=onnx); OpenVINO runs it if installed")
+    output = Path(output) if output else Path(ckpt_path).with_suffix(".int8.onnx")
+    return quantize_export(ckpt_path, output, min_agreement=min_agreement or MIN_AGREEMENT)[0]

@@ -18,12 +18,50 @@ from typing import Any
 
 from product_cnn.confidence.gate import GateOptions
 from product_cnn.errors import ProductCNNError
-from product_cnn.inference.exported import ExportedPredictor, cached_export, int8_runtime, is_exported
+from product_cnn.inference.exported import ExportedPredictor, int8_runtime, is_exported
 
 log = logging.getLogger(__name__)
 
 RUNTIME_CHOICES = ("auto", "torch", "openvino", "onnxruntime")
 EXPORT_FORMAT = {"openvino": "openvino", "onnxruntime": "onnx"}
+
+
+SUFFIXES = {"openvino": ".xml", "onnx": ".onnx", "int8": ".int8.onnx"}  # the cached exports
+CACHE_VERSION = 2  # bump when export.py's graph changes: cached exports are made again (2: features)
+
+
+def file_digest(path: str | Path) -> str:
+    """The SHA-256 of a file, or a one-line error naming it."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 24):
+                digest.update(chunk)
+    except OSError as err:
+        raise ProductCNNError(f"checkpoint {path} cannot be read: {err.strerror or err}") from None
+    return digest.hexdigest()
+
+
+def cached_export(ckpt_path: str | Path, cache_dir: str | Path, fmt: str = "openvino",
+                  min_agreement: float | None = None) -> Path:
+    """The ``fmt`` export (openvino, onnx, or int8: quantized, refused under ``min_agreement``) of a
+    checkpoint, made once into ``<cache_dir>/exports/`` and found again by the checkpoint's SHA-256
+    (a changed checkpoint gets its own). Only a first run imports torch, to export."""
+    key = f"{file_digest(ckpt_path)[:24]}-v{CACHE_VERSION}"
+    model = Path(cache_dir).expanduser() / "exports" / f"{key}{SUFFIXES[fmt]}"
+    parts = [model, Path(f"{model}.json")] + ([model.with_suffix(".bin")] if fmt == "openvino" else [])
+    if not all(p.is_file() for p in parts):
+        if fmt == "int8":  # torch, timm, the data modules: the first run only
+            from product_cnn.inference.quantize import quantize_export
+
+            quantize_export(ckpt_path, model, min_agreement=min_agreement)
+        else:
+            from product_cnn.inference.export import export
+
+            export(ckpt_path, fmt, model)
+    return model
 
 
 def process_device(device: Any, world: int) -> str:

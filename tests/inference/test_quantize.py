@@ -11,6 +11,7 @@ import torch
 from product_cnn.errors import ProductCNNError
 from product_cnn.inference.export import export
 from product_cnn.inference.predictor import Predictor
+from product_cnn.inference.quantize import export_at
 
 pytest.importorskip("onnxruntime")
 
@@ -18,7 +19,7 @@ pytest.importorskip("onnxruntime")
 def test_an_int8_export_is_written_with_its_agreement_and_answers_as_fp32(tiny_run, tmp_path):
     from product_cnn.inference.exported import ExportedPredictor
 
-    path = export(tiny_run["best"], "onnx", tmp_path / "m.int8.onnx", precision="int8", min_agreement=0.9)
+    path = export_at(tiny_run["best"], "onnx", tmp_path / "m.int8.onnx", precision="int8", min_agreement=0.9)
     meta = json.loads((tmp_path / "m.int8.onnx.json").read_text())
     assert meta["precision"] == "int8" and meta["int8"]["bound"] == 0.9
     assert meta["int8"]["photos"] >= 10 and meta["int8"]["top1"] >= 0.9
@@ -44,8 +45,8 @@ def near_tie(tiny_run, tmp_path):
     from product_cnn.inference.quantize import heldout_images
 
     images = heldout_images(tiny_run["best"]).astype(np.float32) / 255
-    probe = export(tiny_run["best"], "onnx", tmp_path / "probe.int8.onnx", precision="int8",
-                   min_agreement=0.01)
+    probe = export_at(tiny_run["best"], "onnx", tmp_path / "probe.int8.onnx", precision="int8",
+                      min_agreement=0.01)
     fp32_out = open_session(export(tiny_run["best"], "onnx", tmp_path / "fp32.onnx"))(images)
     int8_features = open_session(probe, runtime=int8_runtime())(images)[1]
     first = fp32_out[0].argmax(1)
@@ -71,7 +72,7 @@ def test_a_bound_that_is_not_met_is_one_line_and_no_file(near_tie, tmp_path):
     output = tmp_path / "out" / "m.int8.onnx"
     output.parent.mkdir()
     with pytest.raises(ProductCNNError) as err:
-        export(near_tie, "onnx", output, precision="int8", min_agreement=1.0)
+        export_at(near_tie, "onnx", output, precision="int8", min_agreement=1.0)
     message = str(err.value)
     assert "\n" not in message and message.startswith("int8 agrees with fp32 on ")
     assert "held-out photos, under int8_min_agreement=1: keep fp32 (precision=auto)" in message
