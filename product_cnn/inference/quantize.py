@@ -81,8 +81,10 @@ def _quiet_root_logger() -> Iterator[None]:
 
 
 def quantize_export(ckpt_path: str | Path, output: str | Path, *,
-                    min_agreement: float = MIN_AGREEMENT) -> tuple[Path, Agreement]:
-    """Write ``output`` (an int8 ``.onnx``) and its sidecar, or refuse in one line (nothing written)."""
+                    min_agreement: float | None = MIN_AGREEMENT) -> tuple[Path, Agreement]:
+    """Write ``output`` (an int8 ``.onnx``) and its sidecar, or refuse in one line (nothing written);
+    ``min_agreement`` None: :data:`MIN_AGREEMENT`."""
+    min_agreement = MIN_AGREEMENT if min_agreement is None else min_agreement
     if not 0 < float(min_agreement) <= 1:
         raise ProductCNNError(f"int8_min_agreement={min_agreement} must be in (0, 1]")
     try:
@@ -148,4 +150,4 @@ def export_at(ckpt_path: str | Path, fmt: str, output: str | Path | None = None,
     if fmt != "onnx":
         raise ProductCNNError("precision=int8 writes ONNX (format=onnx); OpenVINO runs it if installed")
     output = Path(output) if output else Path(ckpt_path).with_suffix(".int8.onnx")
-    return quantize_export(ckpt_path, output, min_agreement=min_agreement or MIN_AGREEMENT)[0]
+    return quantize_export(ckpt_path, output, min_agreement=min_agreement)[0]

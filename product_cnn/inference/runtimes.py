@@ -24,8 +24,6 @@ log = logging.getLogger(__name__)
 
 RUNTIME_CHOICES = ("auto", "torch", "openvino", "onnxruntime")
 EXPORT_FORMAT = {"openvino": "openvino", "onnxruntime": "onnx"}
-
-
 SUFFIXES = {"openvino": ".xml", "onnx": ".onnx", "int8": ".int8.onnx"}  # the cached exports
 CACHE_VERSION = 2  # bump when export.py's graph changes: cached exports are made again (2: features)
 
