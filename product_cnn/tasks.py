@@ -125,7 +125,7 @@ def predict(cfg: DictConfig) -> int:
 
 
 def export(cfg: DictConfig) -> str:
-    """Export ``cfg.ckpt_path`` to ONNX, OpenVINO or TorchScript; return the written path."""
+    """Export ``cfg.ckpt_path`` to ONNX (fp32 or int8), OpenVINO or TorchScript; return the written path."""
     from product_cnn.inference.quantize import export_at
 
     return str(export_at(cfg.ckpt_path, cfg.format, cfg.get("output"), precision=str(cfg.precision),

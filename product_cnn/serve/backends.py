@@ -21,7 +21,13 @@ from product_cnn.confidence.card import ConfidenceCard
 from product_cnn.confidence.gate import Gate, GateOptions
 from product_cnn.data.images import ImageSize, image_hw, to_unit_float
 from product_cnn.errors import ProductCNNError
-from product_cnn.inference.exported import export_precision, open_session, read_sidecar, sidecar_card
+from product_cnn.inference.exported import (
+    export_precision,
+    int8_runtime,
+    open_session,
+    read_sidecar,
+    sidecar_card,
+)
 
 BACKENDS = ("auto", "torch", "onnx", "openvino")
 EXPORTED = {"onnx": ".onnx", "openvino": ".xml"}  # the exported backends and their files
@@ -141,8 +147,9 @@ class ExportedBackend:
 
     def __init__(self, model_path: str, unknown: bool = True) -> None:
         meta = read_sidecar(model_path)
-        precision, _ = export_precision(model_path, "auto", meta.get("precision", "32"))
-        self.run = open_session(model_path, precision)
+        trained = meta.get("precision", "32")
+        precision, _ = export_precision(model_path, "auto", trained)
+        self.run = open_session(model_path, precision, runtime=int8_runtime() if trained == "int8" else None)
         self.unknown = unknown
 
     def scores(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
