@@ -38,7 +38,7 @@ def file_digest(path: str | Path) -> str:
             while chunk := f.read(1 << 24):
                 digest.update(chunk)
     except OSError as err:
-        raise ProductCNNError(f"checkpoint {path} cannot be read: {err.strerror or err}") from None
+        raise ProductCNNError(f"{path} cannot be read: {err.strerror or err}") from None
     return digest.hexdigest()
 
 

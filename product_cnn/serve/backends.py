@@ -9,7 +9,6 @@ model documents (its temperature and bank are inside it).
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,26 +18,13 @@ import torch
 
 from product_cnn.confidence.card import ConfidenceCard
 from product_cnn.confidence.gate import Gate, GateOptions
-from product_cnn.data.images import ImageSize, image_hw, to_unit_float
+from product_cnn.data.images import ImageSize, image_hw
 from product_cnn.errors import ProductCNNError
-from product_cnn.inference.exported import (
-    export_precision,
-    int8_runtime,
-    open_session,
-    read_sidecar,
-    sidecar_card,
-)
+from product_cnn.inference.exported import ExportedPredictor, read_sidecar, sidecar_card
+from product_cnn.inference.runtimes import file_digest
 
 BACKENDS = ("auto", "torch", "onnx", "openvino")
 EXPORTED = {"onnx": ".onnx", "openvino": ".xml"}  # the exported backends and their files
-
-
-def sha256_of(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass
@@ -112,7 +98,7 @@ def _model_info(backend: str, ckpt_path: str | None, onnx_path: str | None) -> M
         shape = meta["input"]["shape"]
         source = ckpt_path or onnx_path  # backend=auto: the checkpoint the user gave, served from its export
         return ModelInfo(meta["class_names"], meta.get("arch", "unknown"), [shape[2], shape[3]],
-                         str(source), backend, sha256_of(source), sidecar_card(meta),
+                         str(source), backend, file_digest(source), sidecar_card(meta),
                          decode=meta.get("decode", "full"),
                          export=None if source == onnx_path else str(onnx_path))
     if not ckpt_path:
@@ -123,7 +109,7 @@ def _model_info(backend: str, ckpt_path: str | None, onnx_path: str | None) -> M
     if info.card is not None:
         info.card.bank = None  # the workers read it from the checkpoint; this process needs the threshold
     return ModelInfo(info.class_names, info.arch, info.image_size, str(ckpt_path), "torch",
-                     sha256_of(ckpt_path), info.card, decode=info.decode)
+                     file_digest(ckpt_path), info.card, decode=info.decode)
 
 
 class TorchBackend:
@@ -141,20 +127,15 @@ class TorchBackend:
 
 
 class ExportedBackend:
-    """An exported model: ``.onnx`` through ONNX Runtime, OpenVINO's ``.xml`` through OpenVINO, in
-    the precision of the checkpoint it was made from (bf16 only where native), with the "none of
-    these" similarity when the export carries it."""
+    """An exported model through :class:`~product_cnn.inference.exported.ExportedPredictor`: its
+    runtime and precision (the checkpoint's own), and the "none of these" similarity when the
+    export carries it."""
 
     def __init__(self, model_path: str, unknown: bool = True) -> None:
-        meta = read_sidecar(model_path)
-        trained = meta.get("precision", "32")
-        precision, _ = export_precision(model_path, "auto", trained)
-        self.run = open_session(model_path, precision, runtime=int8_runtime() if trained == "int8" else None)
-        self.unknown = unknown
+        self.predictor = ExportedPredictor(model_path, gate=GateOptions(unknown=unknown))
 
     def scores(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
-        outputs = self.run(to_unit_float(images).numpy())
-        return outputs[0], (outputs[2] if self.unknown and len(outputs) > 2 else None)
+        return self.predictor.scores(images.numpy())
 
 
 def load_backend(backend: str, ckpt_path: str | None, onnx_path: str | None, *, device: str,
