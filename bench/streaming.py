@@ -156,7 +156,7 @@ def memory(args: argparse.Namespace) -> None:
     train(args, [f"+callbacks.step_timer.memory_out={out}"], label=f"{args.data}, one whole epoch")
     args.steps = steps
     values = [tuple(map(float, v.split("/"))) for v in out.read_text().split()]
-    for name, k in (("resident (RSS)", 0), ("unique (USS)", 1)):
+    for name, k in (("resident (RSS)", 0), ("unique (USS)", 1), ("largest resident, main process,", 2)):
         column = [v[k] for v in values]
         print(f"train.py {name} memory (MiB) at each tenth: {' '.join(f'{c:.0f}' for c in column)}; "
               f"first to last tenth {(column[-1] / column[0] - 1) * 100:+.1f}%")

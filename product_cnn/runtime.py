@@ -4,6 +4,8 @@ PyTorch's large activation buffers are allocated with ``mmap`` and handed back t
 every op by default glibc malloc, so CPU training spends most of its time in page faults.
 Keeping freed memory in the heap instead is much faster (docs/performance.md has the numbers).
 This is the in-code equivalent of ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=... MALLOC_TOP_PAD_=...``.
+What the heap keeps grows in steps over a long run (freed blocks the next buffers do not fit):
+:class:`MemoryBound` hands free pages back whenever resident memory passes the first steps' peak.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import logging
 import os
 import sys
 import warnings
+from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +29,7 @@ _TRIM_THRESHOLD = -1  # glibc reads it as size_t: SIZE_MAX, never give freed mem
 _TOP_PAD = 2**30  # grow the heap in 1 GiB steps (address space only until touched)
 
 _applied = False
+_libc: ctypes.CDLL | None = None
 
 
 def tune_malloc() -> bool:
@@ -42,9 +46,11 @@ def tune_malloc() -> bool:
         return False
     if any(k.startswith("MALLOC_") for k in os.environ) or "LD_PRELOAD" in os.environ:
         return False
+    global _libc
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         mallopt = libc.mallopt
+        libc.malloc_trim.argtypes = [ctypes.c_size_t]
     except (OSError, AttributeError):  # not glibc (musl, macOS)
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
@@ -56,9 +62,78 @@ def tune_malloc() -> bool:
             (_M_TOP_PAD, _TOP_PAD),
         )
     )
-    _applied = ok
+    _applied, _libc = ok, libc if ok else None
     log.debug("glibc malloc tuned for PyTorch CPU training: %s", ok)
     return ok
+
+
+def malloc_tuned() -> bool:
+    """Whether :func:`tune_malloc` changed this process's allocator."""
+    return _applied
+
+
+def trim_heap() -> None:
+    """Give the heap's free pages back to the OS (glibc ``malloc_trim(0)``; the blocks stay in the
+    heap, their pages are touched again when reused). Only where :func:`tune_malloc` applied."""
+    if _libc is not None:
+        _libc.malloc_trim(0)
+
+
+def resident_bytes() -> int | None:
+    """This process's resident memory (Linux ``/proc/self/statm``), or None where it cannot be read."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class MemoryBound:
+    """Keeps the tuned heap near the size the first steps needed.
+
+    :meth:`step` is called after every step: the first ``warmup`` steps measure the peak resident
+    memory (a step's buffers, kept for the next by :func:`tune_malloc`); afterwards, whenever
+    resident memory is more than ``slack`` above that peak, :func:`trim_heap` hands the free pages
+    back. A trim costs one step of page faults; a heap that does not grow is never trimmed, and one
+    over the limit again within ``warmup`` steps of a trim raises the peak instead (the steps need it).
+    Inactive (``active`` False) where the allocator was not tuned (``PRODUCT_CNN_TUNE_MALLOC=0``).
+    """
+
+    def __init__(self, warmup: int = 20, slack: float = 0.03, every: int = 1,
+                 rss: Callable[[], int | None] = resident_bytes, trim: Callable[[], None] = trim_heap,
+                 active: bool | None = None) -> None:
+        self.warmup, self.slack, self.every = warmup, slack, max(1, every)
+        self.rss, self.trim = rss, trim
+        self.active = malloc_tuned() if active is None else active
+        self.steps, self.peak, self.trims, self.last_trim = 0, 0, 0, 0
+
+    @property
+    def limit(self) -> float | None:
+        """Resident bytes above which the heap is trimmed (None while the peak is measured)."""
+        return self.peak * (1 + self.slack) if self.steps >= self.warmup else None
+
+    def step(self) -> bool:
+        """After a step: measure, or trim when over the limit; True when it trimmed."""
+        if not self.active:
+            return False
+        self.steps += 1
+        if self.steps > self.warmup and self.steps % self.every:
+            return False
+        now = self.rss()
+        if now is None:
+            self.active = False
+            return False
+        if self.steps <= self.warmup:
+            self.peak = max(self.peak, now)
+            return False
+        if now <= self.limit:
+            return False
+        if self.last_trim and self.steps - self.last_trim <= self.warmup:
+            self.peak = now  # over again right after a trim: the steps need more now, not a leak
+            return False
+        self.trim()
+        self.trims, self.last_trim = self.trims + 1, self.steps
+        return True
 
 
 def quiet_lightning() -> None:

@@ -99,7 +99,7 @@ def prepare_data(cfg: DictConfig) -> str:
 def predict(cfg: DictConfig) -> int:
     """Classify ``cfg.inputs`` with ``cfg.ckpt_path``; write CSV or JSON; return the failure count."""
     from product_cnn.confidence.gate import GateOptions
-    from product_cnn.data.streaming.photos import photo_inputs
+    from product_cnn.data.streaming.photos import is_shards, photo_inputs
     from product_cnn.inference.parts import plan_parts, predict_in_parts
     from product_cnn.inference.results import save_predictions
     from product_cnn.inference.runtimes import open_predictor, process_device
@@ -107,14 +107,14 @@ def predict(cfg: DictConfig) -> int:
     tune_malloc()
     plan = plan_parts(rank=cfg.get("rank"), world_size=cfg.get("world_size"), parts=cfg.get("parts"),
                       output=cfg.output, run_dir=cfg.paths.output_dir)
-    files, shards = photo_inputs(cfg.inputs)
     predictor = open_predictor(
         cfg.ckpt_path, runtime=cfg.get("runtime", "auto"), device=process_device(cfg.device, plan.world),
-        batch_size=cfg.batch_size, num_workers=0 if shards else cfg.num_workers,  # shard items: read here
+        batch_size=cfg.batch_size, num_workers=0 if is_shards(cfg.inputs) else cfg.num_workers,  # read here
         tta=cfg.get("tta", "none"), gate=GateOptions.from_config(cfg), precision=cfg.get("precision", "auto"),
         cache_dir=cfg.paths.cache_dir, min_agreement=cfg.get("int8_min_agreement"))
-    log.info("Classifying %d %s with %s on %s (%s)", len(files), "shard item(s)" if shards else "file(s)",
-             predictor.describe(cfg.ckpt_path), predictor.device, predictor.gate.describe())
+    files = photo_inputs(cfg.inputs, predictor.image_size)  # shards: checked against the model's size
+    log.info("Classifying %d %s with %s on %s (%s)", len(files), "shard item(s)" if is_shards(cfg.inputs)
+             else "file(s)", predictor.describe(cfg.ckpt_path), predictor.device, predictor.gate.describe())
     if plan.part_size:  # catalogue scale: this rank's parts, merged by the last rank to finish
         log.info("In parts of %d photos: rank %d of %d", plan.part_size, plan.rank, plan.world)
         return predict_in_parts(predictor, files, cfg.output, topk=cfg.topk, part_size=plan.part_size,
@@ -146,8 +146,8 @@ def import_keras(cfg: DictConfig) -> str:
     """Convert a Keras model of the original network into a project checkpoint; return its path."""
     from product_cnn.training.keras_checkpoint import import_keras as convert
 
-    class_names = list(cfg.class_names) if cfg.get("class_names") else None
-    path = convert(cfg.keras_path, cfg.output, class_names, cfg.get("image_size"))
+    path = convert(cfg.keras_path, cfg.output, list(cfg.class_names) if cfg.get("class_names") else None,
+                   cfg.get("image_size"))
     log.info("Wrote %s: evaluate with  python eval.py ckpt_path=%s data.root=/path/to/photos", path, path)
     return str(path)
 
@@ -159,12 +159,12 @@ def serve(cfg: DictConfig) -> None:
     from product_cnn.serve.shutdown import stop_on_sigterm
 
     exported = cfg.get("openvino_path") if cfg.backend == "openvino" else cfg.get("onnx_path")
-    server = build_server(
-        ckpt_path=cfg.get("ckpt_path"), backend=cfg.backend, exported_path=exported, device=cfg.device,
-        workers=cfg.workers, max_batch_size=cfg.max_batch_size, batch_timeout=cfg.batch_timeout,
-        topk=cfg.topk, max_files=cfg.max_files, max_body_mb=cfg.max_body_mb, api_key=cfg.get("api_key"),
-        cors_origins=list(cfg.cors_origins or []), timeout=cfg.timeout, gate=GateOptions.from_config(cfg),
-        cache_dir=cfg.paths.cache_dir)
-    log.info("Serving on http://%s:%s/  (POST /predict, GET /info, GET /health)", cfg.host, cfg.port)
-    with stop_on_sigterm():
+    with stop_on_sigterm() as stopping:  # SIGTERM: predictions in flight answered, new ones 503
+        server = build_server(
+            ckpt_path=cfg.get("ckpt_path"), backend=cfg.backend, exported_path=exported, device=cfg.device,
+            workers=cfg.workers, max_batch_size=cfg.max_batch_size, batch_timeout=cfg.batch_timeout,
+            topk=cfg.topk, max_files=cfg.max_files, max_body_mb=cfg.max_body_mb, api_key=cfg.get("api_key"),
+            cors_origins=list(cfg.cors_origins or []), timeout=cfg.timeout,
+            gate=GateOptions.from_config(cfg), cache_dir=cfg.paths.cache_dir, stopping=stopping)
+        log.info("Serving on http://%s:%s/  (POST /predict, GET /info, GET /health)", cfg.host, cfg.port)
         server.run(host=cfg.host, port=int(cfg.port), generate_client_file=False)

@@ -38,7 +38,9 @@ def data_for_checkpoint(saved: Mapping[str, Any], *, image_size: Any, decode: st
     if data_cfg is not None and "_target_" in data_cfg:  # data=folder data.root=...: built as given
         from hydra.utils import instantiate
 
-        return instantiate(data_cfg, classes=list(class_names), _convert_="all")
+        # shards whose size is left unset: the model's (store=bytes resized, store=image refused if other)
+        size = {"image_size": image_size} if data_cfg.get("image_size", 0) is None else {}
+        return instantiate(data_cfg, classes=list(class_names), _convert_="all", **size)
     overrides = OmegaConf.to_container(data_cfg, resolve=True) if data_cfg is not None else {}
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     if "input_dir" in saved and "root" not in overrides:  # trained from shards: their test split

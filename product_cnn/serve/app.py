@@ -22,6 +22,7 @@ from product_cnn.confidence.gate import GateOptions
 from product_cnn.serve.api import ClassifierAPI, bearer_ok
 from product_cnn.serve.backends import model_info, resolve_backend
 from product_cnn.serve.limits import PredictGuard
+from product_cnn.serve.shutdown import DrainGuard, Stopping
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +34,13 @@ def build_server(*, ckpt_path: str | None = None, backend: str = "auto", exporte
                  batch_timeout: float = 0.005, topk: int = 3, max_files: int = 16, max_body_mb: int = 20,
                  api_key: str | None = None, cors_origins: list[str] | None = None,
                  timeout: float = 30, gate: GateOptions | None = None,
-                 cache_dir: str | Path | None = None) -> ls.LitServer:
+                 cache_dir: str | Path | None = None, stopping: Stopping | None = None) -> ls.LitServer:
     """A LitServer ready to ``run()``; a one-line error if the model cannot be served.
 
     ``exported_path`` is the ``.onnx`` / OpenVINO ``.xml`` file of ``backend=onnx|openvino``;
-    ``backend=auto`` serves the checkpoint's export from ``cache_dir`` where a runtime is installed."""
+    ``backend=auto`` serves the checkpoint's export from ``cache_dir`` where a runtime is installed;
+    ``stopping`` (shared with :func:`~product_cnn.serve.shutdown.stop_on_sigterm`): once set,
+    predictions get 503 and those in flight are counted."""
     backend, exported_path = resolve_backend(backend, ckpt_path, exported_path, device=device,
                                              cache_dir=cache_dir)
     info = model_info(backend, ckpt_path, exported_path, gate=gate)
@@ -48,6 +51,7 @@ def build_server(*, ckpt_path: str | None = None, backend: str = "auto", exporte
     server = ls.LitServer(api, accelerator=accelerator, workers_per_device=workers, timeout=timeout)
     _replace_routes(server, info.as_dict(), api_key or None)
     server.app.add_middleware(PredictGuard, max_bytes=max_body_mb * 2**20)
+    server.app.add_middleware(DrainGuard, stopping=stopping or Stopping())
 
     @server.app.exception_handler(HTTPException)
     async def one_line(request: Request, err: HTTPException) -> JSONResponse:  # {"error": ...} everywhere

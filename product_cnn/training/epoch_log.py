@@ -3,7 +3,8 @@
 The line for an epoch is written once it is complete (metrics computed, checkpoints saved),
 i.e. when the next epoch starts or training ends: epoch, train loss/accuracy, validation
 loss/accuracy/macro F1, the epoch's wall time, the best validation accuracy so far, and the
-time left at this run's average epoch time.
+time left at this run's average epoch time; and the process's resident memory when it has grown by
+more than 5% since the first epoch (noted again only after another 5%).
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
 
+from product_cnn.runtime import resident_bytes
 from product_cnn.training.run_record import record_of
 
 log = logging.getLogger(__name__)
+
+GROWTH_NOTED = 0.05  # resident memory this much above the first epoch's is noted in the epoch's line
 
 
 def format_duration(seconds: float) -> str:
@@ -40,9 +44,11 @@ class EpochLog(Callback):
         self._epoch_start: float | None = None
         self._durations: list[float] = []
         self._logged = 0  # history entries already written
+        self._memory: list[int] = []  # resident bytes at the end of each epoch of this run
+        self._noted = 0  # the resident bytes last noted
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._durations = []
+        self._durations, self._memory, self._noted = [], [], 0
         self._logged = len(record_of(pl_module).history)  # a resumed run's earlier epochs
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -56,13 +62,28 @@ class EpochLog(Callback):
         if self._epoch_start is not None:
             self._durations.append(time.perf_counter() - self._epoch_start)
             self._epoch_start = None
+            resident = resident_bytes()
+            if resident is not None:
+                self._memory.append(resident)
         history = record_of(pl_module).history
-        for entry in history[self._logged:]:
-            self._log_line(trainer, history, entry)
+        for i, entry in enumerate(history[self._logged:], self._logged):
+            self._log_line(trainer, history, entry, self.memory_note() if i == len(history) - 1 else "")
         self._logged = len(history)
 
+    def memory_note(self) -> str:
+        """``memory 3.80 GiB, +9.5% since the first epoch`` (this process's first) when resident memory
+        grew by more than :data:`GROWTH_NOTED` since then and since the last note; else empty."""
+        if len(self._memory) < 2:
+            return ""
+        first, now = self._memory[0], self._memory[-1]
+        if now <= first * (1 + GROWTH_NOTED) or now <= self._noted * (1 + GROWTH_NOTED):
+            return ""
+        self._noted = now
+        return f"memory {now / 2**30:.2f} GiB, {(now / first - 1) * 100:+.1f}% since the first epoch"
+
     @rank_zero_only
-    def _log_line(self, trainer: L.Trainer, history: list[dict[str, float]], entry: dict[str, float]) -> None:
+    def _log_line(self, trainer: L.Trainer, history: list[dict[str, float]], entry: dict[str, float],
+                  note: str = "") -> None:
         epoch = int(entry["epoch"]) + 1
         total = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
         parts = [f"Epoch {epoch}/{total}" if total else f"Epoch {epoch}"]
@@ -80,4 +101,4 @@ class EpochLog(Callback):
         if total and self._durations and epoch < total:
             average = sum(self._durations) / len(self._durations)
             parts.append(f"ETA {format_duration(average * (total - epoch))}")
-        log.info("  ".join(parts))
+        log.info("  ".join(parts + ([note] if note else [])))

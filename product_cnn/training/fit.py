@@ -71,7 +71,8 @@ def print_summary(model_cfg: DictConfig, datamodule: Any) -> dict[str, float]:
 
     from product_cnn.models.summary import format_summary, summarize_network
 
-    model = instantiate(model_cfg, class_names=datamodule.peek_class_names(), _recursive_=False,
-                        _convert_="all")
+    class_names = datamodule.peek_class_names()  # shards: their image size known after it
+    model = instantiate(model_cfg, class_names=class_names, image_size=datamodule.hparams.image_size,
+                        _recursive_=False, _convert_="all")
     print(format_summary(summarize_network(model.net, model.hparams.image_size)))
     return {}

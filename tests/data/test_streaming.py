@@ -212,6 +212,32 @@ def test_shards_in_s3_are_written_and_streamed_through_litdatas_s3_client(tmp_pa
     assert list((tmp_path / "cache" / "streaming" / "train").rglob("*.bin"))  # chunks came down to the cache
 
 
+@pytest.mark.parametrize("store", ["image", "bytes"])
+def test_the_image_size_comes_from_the_shards_unless_set(tmp_path, photos, store):
+    from product_cnn.data.streaming.photos import photo_inputs
+
+    shards = str(tmp_path / "shards")
+    _prepare(_folder(photos, tmp_path / "cache"), shards, store=store, num_workers=1)
+    unset = StreamingDataModule(shards, batch_size=4, augment="light", cache_dir=str(tmp_path / "cache"))
+    unset.setup("fit")
+    assert unset.hparams.image_size == SIZE and unset.model_args()["image_size"] == SIZE
+    assert next(iter(unset.train_dataloader()))[0].shape[-2:] == (SIZE, SIZE)
+    assert unset.augment is not None  # built once the size is known
+    assert len(photo_inputs(shards, SIZE)) == sum(map(sum, unset.manifest.counts.values()))
+    other = StreamingDataModule(shards, image_size=48, batch_size=4, cache_dir=str(tmp_path / "cache"))
+    if store == "image":  # a stored image cannot be resized back to the photo: one line
+        with pytest.raises(DataError, match=r"hold 32x32 images, data\.image_size=48: data\.image_size=null"):
+            other.setup("fit")
+        with pytest.raises(DataError, match=r"hold 32x32 images, the model takes 48x48"):
+            photo_inputs(shards, 48)
+    else:  # the photo files are decoded at the size asked for
+        other.setup("fit")
+        images, _ = next(iter(other.train_dataloader()))
+        assert images.shape[-2:] == (48, 48)
+        first = photo_inputs(shards, 48)[0]
+        assert first.load_array(48, "reduced").shape == (3, 48, 48)
+
+
 def _rank_epochs(rank: int, world: int, port: int, shards: str, cache: str, out: str) -> None:
     torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                                          world_size=world)
@@ -259,17 +285,19 @@ def test_cli_prepare_train_and_eval_from_shards(tmp_path, photos):
                               cwd=tmp_path, capture_output=True, text=True, timeout=600)
 
     shards = tmp_path / "shards"
-    made = run("prepare_data.py", f"data.root={photos}", f"output={shards}", "data.image_size=32",
+    made = run("prepare_data.py", f"data.root={photos}", f"output={shards}", "data.image_size=64",
                f"hydra.run.dir={tmp_path / 'prep'}")
     assert made.returncode == 0, made.stderr[-3000:]
     log = (tmp_path / "prep" / "prepare_data.log").read_text()
     assert "broken.jpg" in log and f"python train.py data=streaming data.input_dir={shards}" in log
-    trained = run("train.py", "data=streaming", f"data.input_dir={shards}", "data.image_size=32",
+    # no data.image_size anywhere below: the shards' 64 px
+    trained = run("train.py", "data=streaming", f"data.input_dir={shards}",
                   "data.batch_size=8", "trainer.max_epochs=2", "trainer.accelerator=cpu",
                   "trainer.precision=32-true", "callbacks.rich_progress_bar=null",
                   "callbacks.model_summary=null",
                   f"hydra.run.dir={tmp_path / 'run'}")
     assert trained.returncode == 0, trained.stderr[-3000:]
+    assert "Image size: 64 px, as the shards were made" in (tmp_path / "run" / "train.log").read_text()
     report = json.loads((tmp_path / "run" / "metrics.json").read_text())
     folder = _folder(photos, tmp_path / "cache")
     folder.setup("fit")
@@ -278,16 +306,21 @@ def test_cli_prepare_train_and_eval_from_shards(tmp_path, photos):
     tested = sorted(p.removeprefix(f"{photos}/") for p, _ in folder.split_samples["test"])
     assert sorted(r.split(",")[0] for r in rows) == tested  # per-photo results name the files
     best = next((tmp_path / "run" / "checkpoints").glob("epoch_*.ckpt"))
+    assert torch.load(best, weights_only=False)["hyper_parameters"]["image_size"] == 64
     evaluated = run("eval.py", f"ckpt_path={best}", "trainer.accelerator=cpu", "trainer.precision=32-true",
                     f"hydra.run.dir={tmp_path / 'eval'}")
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     again = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert again["confusion_matrix"] == report["confusion_matrix"]  # the shards' test split, again
-    wrong = run("train.py", "data=streaming", f"data.input_dir={shards}", "data.image_size=64",
+    predicted = run("predict.py", f"ckpt_path={best}", f"inputs={shards}", "runtime=torch",
+                    f"output={tmp_path / 'preds.csv'}", f"hydra.run.dir={tmp_path / 'predict'}")
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    assert len((tmp_path / "preds.csv").read_text().splitlines()) - 1 == sum(report["split_sizes"].values())
+    wrong = run("train.py", "data=streaming", f"data.input_dir={shards}", "data.image_size=32",
                 f"hydra.run.dir={tmp_path / 'wrong'}")
     assert wrong.returncode == 2
     assert wrong.stderr.strip().splitlines()[-1].startswith("error: the shards in") and \
-        "32x32 images, data.image_size=64" in wrong.stderr
+        "64x64 images, data.image_size=32" in wrong.stderr
 
 
 @pytest.mark.slow  # keeps the default suite under 10 minutes
@@ -306,4 +339,4 @@ def test_presets_compose_with_streaming_and_unknown_options_are_refused(tmp_path
     with pytest.raises(DataError, match=r"data=streaming has no option data\.valfraction"):
         StreamingDataModule(str(tmp_path / "shards"), valfraction=0.1)
     with pytest.raises(DataError, match=r"hold 32x32 images, data\.image_size=224"):
-        dm.setup("fit")
+        dm.setup("fit")  # the preset's size is the user's: store=image shards of another are refused

@@ -202,6 +202,8 @@ def _alive(pid: int) -> bool:
 
 
 def test_unsure_answers_and_sigterm_stops_every_server_process(tiny_run, photos, tmp_path):
+    import threading
+
     running = Server(tmp_path, f"ckpt_path={tiny_run['best']}", "device=cpu", "min_confidence=0.999")
     try:
         want = Predictor.from_checkpoint(tiny_run["best"], device="cpu", gate=NO_UNKNOWN).predict(photos)
@@ -213,14 +215,44 @@ def test_unsure_answers_and_sigterm_stops_every_server_process(tiny_run, photos,
         assert httpx.get(f"{running.url}/info").json()["gate"]["min_confidence"] == 0.999
         children = _children(running.proc.pid)
         assert len(children) >= 2  # the API server and the inference worker (and LitServe's manager)
+        answers, stop = [], threading.Event()
+        files = [("file", (p.name, p.read_bytes(), "image/jpeg")) for p in photos[:8]]
+
+        def keep_asking() -> None:  # predictions in flight when SIGTERM comes
+            with httpx.Client(timeout=30) as client:
+                while not stop.is_set():
+                    sent = time.monotonic()
+                    try:
+                        answers.append((sent, client.post(f"{running.url}/predict", files=files).status_code))
+                    except httpx.HTTPError as err:
+                        answers.append((sent, type(err).__name__))
+                        time.sleep(0.05)
+
+        askers = [threading.Thread(target=keep_asking) for _ in range(3)]
+        for asker in askers:
+            asker.start()
+        time.sleep(1.0)
+        signalled = time.monotonic()
         os.kill(running.proc.pid, signal.SIGTERM)  # the parent only, as `kill <pid>` does
         running.proc.wait(timeout=20)
-        deadline = time.time() + 10
-        while time.time() < deadline and any(_alive(p) for p in children):
-            time.sleep(0.2)
-        assert not [p for p in children if _alive(p)], running.log.read_text()[-2000:]
-        with socket.socket() as s:  # the port is free again
+        while time.monotonic() - signalled < 10 and any(_alive(p) for p in children):
+            time.sleep(0.05)
+        gone = time.monotonic() - signalled
+        stop.set()
+        for asker in askers:
+            asker.join()
+        log = running.log.read_text()
+        assert not [p for p in children if _alive(p)], log[-2000:]
+        assert gone < 3.0, f"the server's processes took {gone:.1f} s to stop"
+        with socket.socket() as s:  # the port is free again (for a server, which reuses the address)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind(("127.0.0.1", running.port))
+        before = [a for sent, a in answers if sent < signalled]
+        assert 200 in before and set(before) <= {200, 503}, answers  # answered or refused, none cut off
+        assert "Traceback" not in log and "KeyboardInterrupt" not in log, log[-3000:]
+        after = log[log.index("Serving on"):].splitlines()
+        stopped = [line for line in after if "Stopped (SIGTERM" in line]
+        assert len(stopped) == 1 and not [line for line in after if "Shutting down" in line], log[-2000:]
     finally:
         running.stop()
 

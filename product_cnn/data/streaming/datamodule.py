@@ -40,12 +40,14 @@ class StreamingDataModule(CountedSplits, DeviceBatches, L.LightningDataModule):
     run resumed from a mid-epoch checkpoint (``checkpoint_every_n_steps``) continues with the samples
     the uninterrupted run would have seen. Augmentation, MixUp / CutMix and ``balance=weighted_loss``
     work as in ``data=folder``; ``classes`` (a checkpoint's) must match the shards' classes.
+    ``image_size`` None (the default): the size the shards were made at; another size resizes
+    ``store=bytes`` shards when read and is refused for ``store=image`` shards.
     """
 
     def __init__(
         self,
         input_dir: str,
-        *, image_size: int = 256,
+        *, image_size: int | None = None,
         batch_size: int = 32,
         shuffle_seed: int | None = 0,
         num_workers: int = 0,
@@ -84,7 +86,7 @@ class StreamingDataModule(CountedSplits, DeviceBatches, L.LightningDataModule):
         if checkpoint_every_n_steps is not None and checkpoint_every_n_steps < 1:
             raise DataError(f"data.checkpoint_every_n_steps={checkpoint_every_n_steps}: give a number of "
                             "steps >= 1, or null for end-of-epoch checkpoints only")
-        self.augment = build_augment(augment, image_size)
+        self.augment = build_augment(augment, image_size) if image_size is not None else None
         build_mix(mixup_alpha, cutmix_alpha, num_classes=2)
         classes = list(classes) if classes is not None else None
         self.save_hyperparameters(ignore=list(folder_options))
@@ -113,10 +115,16 @@ class StreamingDataModule(CountedSplits, DeviceBatches, L.LightningDataModule):
             return
         hp = self.hparams
         manifest = read_manifest(hp.input_dir, hp.storage_options)
-        if manifest.store == "image" and manifest.image_size != hp.image_size:
-            raise DataError(f"the shards in {hp.input_dir} hold {manifest.image_size}x{manifest.image_size} "
-                            f"images, data.image_size={hp.image_size}: set data.image_size="
-                            f"{manifest.image_size}, or prepare shards at this size (or with store=bytes)")
+        if hp.image_size is None:  # recorded as used: the model is built at it, checkpoints keep it
+            self.hparams["image_size"] = manifest.image_size
+            self.augment = build_augment(hp.augment, manifest.image_size)
+            log.info("Image size: %d px, as the shards were made%s", manifest.image_size,
+                     " (data.image_size=<px> resizes them)" if manifest.store == "bytes" else "")
+        elif manifest.store == "image" and manifest.image_size != hp.image_size:
+            side = manifest.image_size
+            raise DataError(f"the shards in {hp.input_dir} hold {side}x{side} images, data.image_size="
+                            f"{hp.image_size}: data.image_size=null takes the shards' size; or prepare "
+                            f"shards at {hp.image_size} px (or with store=bytes)")
         if hp.classes is not None and list(hp.classes) != manifest.class_names:
             raise DataError(f"the shards in {hp.input_dir} hold classes {', '.join(manifest.class_names)}, "
                             f"the model has {', '.join(hp.classes)}")
@@ -136,6 +144,10 @@ class StreamingDataModule(CountedSplits, DeviceBatches, L.LightningDataModule):
         made_from = m.how.removeprefix("Data: ")
         return (f"Data: shards {self.hparams.input_dir} ({m.store} items, made from {made_from}"
                 f"{left_out})\n{self.summary()}")
+
+    def model_args(self) -> dict[str, Any]:
+        """As :meth:`DeviceBatches.model_args`, and the image size the shards give."""
+        return {**super().model_args(), "image_size": self.hparams.image_size}
 
     def counts(self) -> dict[str, list[int]]:
         zeros = [0] * len(self.class_names)

@@ -12,7 +12,7 @@ import numpy as np
 from product_cnn.data.images import ImageSize, image_hw, load_array
 from product_cnn.data.streaming.location import exists, join
 from product_cnn.data.streaming.manifest import MANIFEST, read_manifest, read_samples
-from product_cnn.errors import ImageLoadError
+from product_cnn.errors import DataError, ImageLoadError
 
 
 def is_shards(location: Any, storage_options: dict[str, Any] | None = None) -> bool:
@@ -68,9 +68,16 @@ class ShardPhoto:
         return image
 
 
-def shard_photos(location: str, storage_options: dict[str, Any] | None = None) -> Sequence[ShardPhoto]:
-    """Every item of the shards at ``location`` (train, val, test), in shard order."""
+def shard_photos(location: str, storage_options: dict[str, Any] | None = None, *,
+                 image_size: ImageSize | None = None) -> Sequence[ShardPhoto]:
+    """Every item of the shards at ``location`` (train, val, test), in shard order; refused in one
+    line when they hold images of another size than ``image_size`` (the model's; ``store=bytes``
+    items are decoded at it)."""
     manifest = read_manifest(location, storage_options)
+    side = image_hw(image_size) if image_size is not None else None
+    if side is not None and manifest.store == "image" and image_hw(manifest.image_size) != side:
+        raise DataError(f"the shards in {location} hold {manifest.image_size}x{manifest.image_size} images, "
+                        f"the model takes {side[1]}x{side[0]}: make shards at its size, or with store=bytes")
     photos: list[ShardPhoto] = []
     for split in manifest.splits:
         reader = _Split(location, split, manifest.class_names, storage_options)
@@ -78,12 +85,12 @@ def shard_photos(location: str, storage_options: dict[str, Any] | None = None) -
     return photos
 
 
-def photo_inputs(inputs: Any) -> tuple[Sequence[Any], bool]:
-    """predict.py's ``inputs`` -> (what to classify, whether it is a shard folder): files, folders and
-    glob patterns (:func:`~product_cnn.data.folder.expand_inputs`), or a folder of shards
-    (prepare_data.py), whose items decode themselves."""
+def photo_inputs(inputs: Any, image_size: ImageSize | None = None) -> Sequence[Any]:
+    """predict.py's ``inputs``: files, folders and glob patterns
+    (:func:`~product_cnn.data.folder.expand_inputs`), or a folder of shards (prepare_data.py, checked
+    against the model's ``image_size``), whose items decode themselves."""
     from product_cnn.data.folder import expand_inputs
 
     if isinstance(inputs, str) and is_shards(inputs):
-        return shard_photos(inputs), True
-    return expand_inputs(inputs), False
+        return shard_photos(inputs, image_size=image_size)
+    return expand_inputs(inputs)
