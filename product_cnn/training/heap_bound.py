@@ -30,3 +30,8 @@ class HeapBound(Callback):
         if self.bound is not None and self.bound.step():
             log.debug("Heap trimmed at step %d (resident memory over %.0f MiB)", trainer.global_step,
                       self.bound.limit / 2**20)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.bound is not None and self.bound.trims:
+            log.info("Memory: free heap pages handed back %d time(s), to stay near %.0f MiB resident",
+                     self.bound.trims, self.bound.peak / 2**20)
