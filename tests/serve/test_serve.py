@@ -101,7 +101,7 @@ def test_answers_equal_predict_py(server, tiny_run, photos):
         got = _post_file(server.url, path).json()
         assert got["category"] == _served(want)
         assert got.get(want.verdict or "unsure", False) == bool(want.verdict)
-        assert got["confidence"] == pytest.approx(want.confidence, abs=1e-6)
+        assert got["confidence"] == pytest.approx(want.confidence, abs=2e-6)  # OpenVINO: docs/performance.md
         assert got["similarity"] == pytest.approx(want.similarity, abs=1e-5)
         assert [n for n, _ in got["topk"]] == [n for n, _ in want.topk]
     # JSON with base64, and several files in one request (a list, in order)
@@ -266,7 +266,7 @@ def test_concurrent_requests_each_get_their_own_answer(server, tiny_run, photos)
     for path, got in answers:
         want = expected[path.name + path.parent.name]
         assert got["category"] == _served(want)
-        assert got["confidence"] == pytest.approx(want.confidence, abs=1e-6)
+        assert got["confidence"] == pytest.approx(want.confidence, abs=2e-6)  # OpenVINO: docs/performance.md
 
 
 def test_onnx_backend_gives_the_same_answers(tiny_run, photos, tmp_path):
