@@ -222,7 +222,7 @@ def test_the_image_size_comes_from_the_shards_unless_set(tmp_path, photos, store
     unset.setup("fit")
     assert unset.hparams.image_size == SIZE and unset.model_args()["image_size"] == SIZE
     assert next(iter(unset.train_dataloader()))[0].shape[-2:] == (SIZE, SIZE)
-    assert unset.augment is not None  # built once the size is known
+    assert unset.augment is not None  # built at the shards' size
     assert len(photo_inputs(shards, SIZE)) == sum(map(sum, unset.manifest.counts.values()))
     other = StreamingDataModule(shards, image_size=48, batch_size=4, cache_dir=str(tmp_path / "cache"))
     if store == "image":  # a stored image cannot be resized back to the photo: one line

@@ -86,11 +86,18 @@ class StreamingDataModule(CountedSplits, DeviceBatches, L.LightningDataModule):
         if checkpoint_every_n_steps is not None and checkpoint_every_n_steps < 1:
             raise DataError(f"data.checkpoint_every_n_steps={checkpoint_every_n_steps}: give a number of "
                             "steps >= 1, or null for end-of-epoch checkpoints only")
-        self.augment = build_augment(augment, image_size) if image_size is not None else None
+        made = None
+        if image_size is None:  # the shards' size, recorded as used: the model is built at it
+            made = read_manifest(input_dir, storage_options)
+            image_size = made.image_size
+            log.info("Image size: %d px, as the shards were made%s", image_size,
+                     " (data.image_size=<px> resizes them)" if made.store == "bytes" else "")
+        self.augment = build_augment(augment, image_size)
         build_mix(mixup_alpha, cutmix_alpha, num_classes=2)
         classes = list(classes) if classes is not None else None
         self.save_hyperparameters(ignore=list(folder_options))
         self.manifest: Manifest | None = None
+        self._made = made  # the manifest, when read already
         self.split_samples: dict[str, list[Sample]] = {}
         self._loaders: dict[str, ResumableLoader] = {}
 
@@ -114,13 +121,8 @@ class StreamingDataModule(CountedSplits, DeviceBatches, L.LightningDataModule):
         if self.manifest is not None:
             return
         hp = self.hparams
-        manifest = read_manifest(hp.input_dir, hp.storage_options)
-        if hp.image_size is None:  # recorded as used: the model is built at it, checkpoints keep it
-            self.hparams["image_size"] = manifest.image_size
-            self.augment = build_augment(hp.augment, manifest.image_size)
-            log.info("Image size: %d px, as the shards were made%s", manifest.image_size,
-                     " (data.image_size=<px> resizes them)" if manifest.store == "bytes" else "")
-        elif manifest.store == "image" and manifest.image_size != hp.image_size:
+        manifest = self._made or read_manifest(hp.input_dir, hp.storage_options)
+        if manifest.store == "image" and manifest.image_size != hp.image_size:
             side = manifest.image_size
             raise DataError(f"the shards in {hp.input_dir} hold {side}x{side} images, data.image_size="
                             f"{hp.image_size}: data.image_size=null takes the shards' size; or prepare "
