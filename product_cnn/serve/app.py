@@ -22,7 +22,7 @@ from product_cnn.confidence.gate import GateOptions
 from product_cnn.serve.api import ClassifierAPI, bearer_ok
 from product_cnn.serve.backends import model_info, resolve_backend
 from product_cnn.serve.limits import PredictGuard
-from product_cnn.serve.shutdown import DrainGuard, Stopping
+from product_cnn.serve.shutdown import UVICORN_GRACE_S, DrainGuard, Stopping
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,7 @@ def build_server(*, ckpt_path: str | None = None, backend: str = "auto", exporte
                         max_batch_size=max_batch_size, batch_timeout=batch_timeout)
     accelerator = "cpu" if backend != "torch" else device
     server = ls.LitServer(api, accelerator=accelerator, workers_per_device=workers, timeout=timeout)
+    server.uvicorn_graceful_timeout = UVICORN_GRACE_S  # LitServe's 30 s: SIGTERM has drained already
     _replace_routes(server, info.as_dict(), api_key or None)
     server.app.add_middleware(PredictGuard, max_bytes=max_body_mb * 2**20)
     server.app.add_middleware(DrainGuard, stopping=stopping or Stopping())

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 DRAIN_S = 1.0  # the longest wait for predictions in flight after SIGTERM
 REFUSE_S = 0.25  # requests already sent when SIGTERM came reach the server in this time: 503
+UVICORN_GRACE_S = 0.5  # uvicorn's own wait for open connections, once the predictions are drained
 
 
 class Stopping:
