@@ -34,7 +34,8 @@ def load_network(path: str | Path) -> LoadedNetwork:
     checkpoint = read_checkpoint(path)
     info = checkpoint_info(checkpoint)
     try:  # the weights come from the checkpoint: nothing to download or read for the backbone
-        net = build_network(info.arch, len(info.class_names), info.image_size, dropout=info.dropout)
+        net = build_network(info.arch, len(info.class_names), info.image_size, dropout=info.dropout,
+                            flip=info.flip_features)
     except (TypeError, ValueError, ProductCNNError) as err:
         raise CheckpointError(f"{name} does not describe a network: {err}") from None
     state = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}

@@ -78,6 +78,7 @@ class CheckpointInfo:
     precision: str  # what it was trained (and tested) in: "32" or "bf16"
     card: ConfidenceCard | None  # temperature, operating points, "none of these"
     data: dict[str, Any] = field(default_factory=dict)  # its data module's options (empty: unrecorded)
+    flip_features: bool = False  # several backbones: each one's features averaged with the mirror image's
 
     @property
     def temperature(self) -> float:
@@ -103,4 +104,5 @@ def checkpoint_info(checkpoint: Mapping[str, Any]) -> CheckpointInfo:
         precision=trained_precision(checkpoint.get("precision")),
         card=ConfidenceCard.from_dict(checkpoint.get("confidence")),
         data=data,
+        flip_features=bool(hparams.get("flip_features", False)),
     )

@@ -24,6 +24,7 @@ from torch import nn
 from product_cnn.data.images import ImageSize, image_hw
 from product_cnn.errors import CheckpointError, ProductCNNError
 from product_cnn.models.mirror import KerasCNN
+from product_cnn.models.multi import MultiNet, ResizedFeatures
 from product_cnn.models.pretrained import (
     hub_weights,
     is_lite_layout,
@@ -177,9 +178,11 @@ def _download(arch: str) -> dict[str, torch.Tensor]:
 
 
 def build_network(arch: str = MIRROR, num_classes: int = 5, image_size: ImageSize = 256, *,
-                  dropout: float = 0.1,
-                  pretrained: bool = False, weights_path: str | None = None) -> nn.Module:
-    """The network called ``arch`` (see :data:`ARCHITECTURES`) with ``num_classes`` outputs."""
+                  dropout: float = 0.1, pretrained: bool = False, weights_path: str | None = None,
+                  flip: bool = False) -> nn.Module:
+    """The network called ``arch`` (see :data:`ARCHITECTURES`) with ``num_classes`` outputs; ``a+b``:
+    timm backbones side by side (:class:`~product_cnn.models.multi.MultiNet`, ``flip``: each one's
+    features averaged with the mirror image's)."""
     if arch == MIRROR:
         if pretrained or weights_path:
             raise ProductCNNError("the Keras mirror (model=cnn) has no pretrained weights: "
@@ -187,6 +190,8 @@ def build_network(arch: str = MIRROR, num_classes: int = 5, image_size: ImageSiz
         return KerasCNN(num_classes=num_classes, image_size=image_size, dropout=dropout)
     if arch in TORCHVISION:
         return TorchvisionNet(arch, num_classes, pretrained, weights_path)
+    if "+" in arch:
+        return _several(arch, num_classes, pretrained=pretrained, flip=flip)
     if is_timm(arch):
         return TimmNet(arch.removeprefix("timm/"), num_classes, pretrained=pretrained,
                        weights_path=weights_path, image_size=image_size)
@@ -199,3 +204,21 @@ def is_timm(arch: str) -> bool:
     import timm
 
     return timm.is_model(arch.removeprefix("timm/"))
+
+
+def _several(arch: str, num_classes: int, *, pretrained: bool, flip: bool) -> nn.Module:
+    """``a+b+...``: each a timm architecture, fed at its pretrained input size."""
+    names = [name.strip() for name in arch.split("+")]
+    if len(names) < 2 or not all(names) or len(set(names)) < len(names):
+        raise ProductCNNError(f"model.arch={arch}: give two or more different timm backbones joined by '+', "
+                              "e.g. tf_efficientnet_lite0+tf_efficientnet_lite2")
+    members = []
+    for name in names:
+        if name in TORCHVISION or name == MIRROR or not is_timm(name):
+            raise ProductCNNError(f"model.arch={arch}: {name!r} is not a timm backbone "
+                                  "(python -c 'import timm; print(timm.list_models())')")
+        net = TimmNet(name.removeprefix("timm/"), 1, pretrained=pretrained)
+        net.head = nn.Identity()  # the MultiNet's head reads every member's features
+        size = tuple((net.backbone.pretrained_cfg or {}).get("input_size", (3, 224, 224)))[1:]
+        members.append(ResizedFeatures(net, size, flip=flip))
+    return MultiNet(members, num_classes)

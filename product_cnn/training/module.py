@@ -54,7 +54,9 @@ class ProductClassifier(L.LightningModule):
     instantiated in :meth:`configure_optimizers`; ``schedule`` (cosine, onecycle) with
     ``warmup_epochs`` is the per-batch alternative to ``scheduler``; ``backbone_lr_ratio`` scales
     the learning rate of a pretrained backbone against the head's (discriminative rates), and
-    ``freeze_bn`` keeps the backbone's BatchNorm statistics as loaded. ``label_smoothing`` and
+    ``freeze_bn`` keeps the backbone's BatchNorm statistics as loaded; ``arch="a+b"`` puts timm
+    backbones side by side (``flip_features``: each one's features averaged with the mirror
+    image's). ``label_smoothing`` and
     ``class_weights`` (one per class) shape the training loss. Class names are saved with the
     checkpoint. ``channels_last`` stores weights and activations NHWC (faster convolutions on
     CPU and GPU); ``compile`` runs the network through ``torch.compile``. Neither changes the
@@ -83,6 +85,7 @@ class ProductClassifier(L.LightningModule):
         warmup_epochs: float = 0.0,
         backbone_lr_ratio: float = 1.0,
         freeze_bn: bool = False,
+        flip_features: bool = False,
     ) -> None:
         super().__init__()
         # plain types only (Hydra instantiates with _convert_="all"): checkpoints load weights_only
@@ -103,7 +106,7 @@ class ProductClassifier(L.LightningModule):
             raise ProductCNNError(f"model.backbone_lr_ratio={backbone_lr_ratio} must be > 0")
         self.save_hyperparameters()
         self.net = build_network(arch, num_classes, image_size, dropout=dropout, pretrained=pretrained,
-                                 weights_path=weights_path)
+                                 weights_path=weights_path, flip=flip_features)
         self.tta = "none"
         self.example_input_array = torch.zeros(1, 3, *image_hw(image_size))  # FLOPs per image in the summary
         # class-weighted training loss (data.balance=weighted_loss); val/test losses stay plain

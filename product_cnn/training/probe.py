@@ -171,12 +171,15 @@ def fit_probe_head(options: Any, model: L.LightningModule, datamodule: ProductDa
         log.warning("The probe's backbone has random weights: model.pretrained=true gives ImageNet features")
     options = dict(options)
     start = time.perf_counter()
-    cache = FeatureCache(datamodule.cache_dir, network_key(net, model.hparams.image_size,
-                                                        datamodule.hparams.decode))
     train = datamodule.dataset("train")
     hp = datamodule.hparams
-    features = backbone_features(net, train, cache=cache, batch_size=hp.batch_size,
-                                 num_workers=hp.num_workers)
+    parts, hits, paths = [], 0, []
+    for member in getattr(net, "members", None) or [net]:  # several backbones: each cached on its own
+        cache = FeatureCache(datamodule.cache_dir, network_key(member, model.hparams.image_size, hp.decode))
+        parts.append(backbone_features(member, train, cache=cache, batch_size=hp.batch_size,
+                                       num_workers=hp.num_workers))
+        hits, paths = hits + cache.hits, [*paths, str(cache.path)]
+    features = torch.cat(parts, dim=1)
     labels = [label for _, label in train.samples]
     weight, bias = fit_linear_head(features, labels, len(model.class_names), c=float(options.get("c", 1.0)),
                                    max_iter=int(options.get("max_iter", 2000)), seed=seed or 0)
@@ -192,7 +195,7 @@ def fit_probe_head(options: Any, model: L.LightningModule, datamodule: ProductDa
         if model.confidence is not None:
             log.info("Calibration: %s", model.confidence.summary())
     log.info("Probe: features of %d training photos (%d from the cache %s), linear head fitted in %.1f s",
-             len(train), cache.hits, cache.path, time.perf_counter() - start)
+             len(train), hits, ", ".join(paths), time.perf_counter() - start)
 
 
 def save_probe(cfg: DictConfig, model: L.LightningModule, datamodule: ProductDataModule) -> dict[str, float]:

@@ -113,3 +113,55 @@ def test_the_probe_is_cross_fitted_and_calls_outside_photos_unknown(tree_factory
     assert sum(p.category == "unknown" for p in away) >= 0.8 * len(away), [
         (p.source, p.similarity) for p in away if p.category != "unknown"]
     assert sum(p.category == "unknown" for p in inside) <= 0.2 * len(inside)
+
+
+def test_several_backbones_are_cached_one_by_one_and_the_checkpoint_and_exports_predict_the_fitted_head(
+        tree_factory, tmp_path, caplog):
+    from sklearn.linear_model import LogisticRegression
+
+    from product_cnn.inference.export import export
+    from product_cnn.models.checkpoint import checkpoint_info, read_checkpoint
+    from product_cnn.training.probe import network_key
+
+    root = tree_factory({"Bags": 8, "Cups": 8, "Pens": 8})
+    cache = tmp_path / "cache"
+    several = ["model.arch=tf_efficientnet_lite0+tf_efficientnet_lite1", "confidence.fit=false"]
+    _, total, cached, out = _probe(root, tmp_path / "a", cache, *several, caplog=caplog)
+    assert cached == 0 and len(list((cache / "features").glob("*.pt"))) == 2  # one cache per backbone
+    _, total2, cached2, _ = _probe(root, tmp_path / "b", cache, *several, caplog=caplog)
+    assert (total2, cached2) == (total, 2 * total)  # both backbones' features from their caches
+    ckpt = out / "checkpoints" / "probe.ckpt"
+    predictor = Predictor.from_checkpoint(ckpt, device="cpu")
+    info = checkpoint_info(read_checkpoint(ckpt))
+    members = predictor.net.net.members  # inside the temperature wrapper
+    assert [m.size for m in members] == [(224, 224), (240, 240)]  # each at its pretrained size
+    photos = sorted(str(p) for p in root.rglob("*.jpg"))
+    caches = [torch.load(cache / "features" / f"{network_key(m, 32, info.decode)}.pt", weights_only=True)
+              for m in members]
+    known = [p for p in photos if all(FeatureCache.photo_key(p) in c for c in caches)]
+    x = torch.cat([torch.stack([c[FeatureCache.photo_key(p)] for p in known]) for c in caches], 1)
+    x = x.double().numpy()
+    y = [predictor.class_names.index(Path(p).parent.name) for p in known]
+    mean, scale = x.mean(0), x.std(0)
+    scale[scale < 1e-12] = 1
+    head = LogisticRegression(C=1.0, max_iter=2000, random_state=42).fit((x - mean) / scale, y)
+    want = head.predict_proba((x - mean) / scale)
+    batch = torch.stack([load_image(p, 32) for p in known])
+    got = predictor.probabilities(batch).double().numpy()
+    assert len(known) >= 12 and np.abs(got - want).max() < 1e-5
+    pytest.importorskip("onnxruntime")
+    from product_cnn.inference.exported import ExportedPredictor
+
+    exported = ExportedPredictor(export(ckpt, "onnx", tmp_path / "several.onnx"), precision="32")
+    assert np.abs(exported.probabilities(batch.numpy()) - want).max() < 1e-4
+
+
+def test_several_backbones_refuse_a_bad_list_in_one_line():
+    from product_cnn.errors import ProductCNNError
+    from product_cnn.models.networks import build_network
+
+    for arch, said in (("tf_efficientnet_lite0+no_such_net", "'no_such_net' is not a timm backbone"),
+                       ("tf_efficientnet_lite0+resnet18", "'resnet18' is not a timm backbone"),
+                       ("tf_efficientnet_lite0+tf_efficientnet_lite0", "two or more different")):
+        with pytest.raises(ProductCNNError, match=said):
+            build_network(arch, 3, 32)
