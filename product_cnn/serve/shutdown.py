@@ -120,14 +120,19 @@ def stop_on_sigterm(drain: float = DRAIN_S) -> Iterator[Stopping]:
         raise KeyboardInterrupt(why[0])
 
     previous = signal.signal(signal.SIGTERM, on_sigterm)
+    failed = False
     try:
         yield stopping
     except KeyboardInterrupt:
         pass
+    except Exception:  # the server did not start (its one-line error follows): no "Stopped" line
+        failed = True
+        raise
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         stopping.event.set()
         left = stop_children()
         took = f" in {time.monotonic() - started[0]:.1f} s" if started[0] else ""
-        log.info("Stopped (%s)%s%s", why[0], took, f"; {left} process(es) ended by force" if left else "")
+        if not failed:
+            log.info("Stopped (%s)%s%s", why[0], took, f"; {left} process(es) ended by force" if left else "")
         signal.signal(signal.SIGTERM, previous)
