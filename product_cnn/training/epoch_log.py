@@ -4,7 +4,8 @@ The line for an epoch is written once it is complete (metrics computed, checkpoi
 i.e. when the next epoch starts or training ends: epoch, train loss/accuracy, validation
 loss/accuracy/macro F1, the epoch's wall time, the best validation accuracy so far, and the
 time left at this run's average epoch time; and the process's resident memory when it has grown by
-more than 5% since the first epoch (noted again only after another 5%).
+more than 5% since the first epoch that ended after the allocator's warm-up (noted again only after
+another 5%).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from product_cnn.training.run_record import record_of
 
 log = logging.getLogger(__name__)
 
-GROWTH_NOTED = 0.05  # resident memory this much above the first epoch's is noted in the epoch's line
+GROWTH_NOTED = 0.05  # resident memory this much above the reference is noted in the epoch's line
+WARMUP_STEPS = 20  # the heap grows to its working size in the first steps (HeapBound's warm-up)
 
 
 def format_duration(seconds: float) -> str:
@@ -44,7 +46,7 @@ class EpochLog(Callback):
         self._epoch_start: float | None = None
         self._durations: list[float] = []
         self._logged = 0  # history entries already written
-        self._memory: list[int] = []  # resident bytes at the end of each epoch of this run
+        self._memory: list[tuple[int, int]] = []  # (epoch, resident bytes) after the warm-up
         self._noted = 0  # the resident bytes last noted
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -63,23 +65,24 @@ class EpochLog(Callback):
             self._durations.append(time.perf_counter() - self._epoch_start)
             self._epoch_start = None
             resident = resident_bytes()
-            if resident is not None:
-                self._memory.append(resident)
+            if resident is not None and trainer.global_step >= WARMUP_STEPS:
+                self._memory.append((trainer.current_epoch, resident))  # the epoch just finished, from 1
         history = record_of(pl_module).history
         for i, entry in enumerate(history[self._logged:], self._logged):
             self._log_line(trainer, history, entry, self.memory_note() if i == len(history) - 1 else "")
         self._logged = len(history)
 
     def memory_note(self) -> str:
-        """``memory 3.80 GiB, +9.5% since the first epoch`` (this process's first) when resident memory
-        grew by more than :data:`GROWTH_NOTED` since then and since the last note; else empty."""
+        """``memory 3.80 GiB, +9.5% since epoch 1`` when resident memory grew by more than
+        :data:`GROWTH_NOTED` since the first epoch this process finished after :data:`WARMUP_STEPS`
+        steps, and since the last note; else empty."""
         if len(self._memory) < 2:
             return ""
-        first, now = self._memory[0], self._memory[-1]
+        (epoch, first), (_, now) = self._memory[0], self._memory[-1]
         if now <= first * (1 + GROWTH_NOTED) or now <= self._noted * (1 + GROWTH_NOTED):
             return ""
         self._noted = now
-        return f"memory {now / 2**30:.2f} GiB, {(now / first - 1) * 100:+.1f}% since the first epoch"
+        return f"memory {now / 2**30:.2f} GiB, {(now / first - 1) * 100:+.1f}% since epoch {epoch}"
 
     @rank_zero_only
     def _log_line(self, trainer: L.Trainer, history: list[dict[str, float]], entry: dict[str, float],

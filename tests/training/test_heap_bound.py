@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from unittest.mock import patch
 
 import pytest
 
@@ -11,6 +12,7 @@ from product_cnn import runtime
 from product_cnn.runtime import MemoryBound
 from product_cnn.training.epoch_log import EpochLog
 from product_cnn.training.heap_bound import HeapBound
+from product_cnn.training.run_record import RunRecord
 
 MiB = 2**20
 
@@ -78,13 +80,21 @@ def test_trim_hands_the_tuned_heaps_free_pages_back():
     assert before - after > 150, (before, after)  # most of the 200 MiB freed went back to the OS
 
 
-def test_the_epoch_line_notes_memory_only_when_it_grew_by_more_than_5_percent():
+def test_the_epoch_line_notes_memory_only_when_it_grew_by_more_than_5_percent_after_the_warm_up():
+    from types import SimpleNamespace
+
     log = EpochLog()
+    trainer = SimpleNamespace(global_step=0, current_epoch=0)
     notes = []
-    for gib in (1.00, 1.04, 1.06, 1.10, 1.11, 1.20):
-        log._memory.append(int(gib * 2**30))
+    for epoch, (steps, gib) in enumerate([(11, 0.80), (22, 1.00), (33, 1.04), (44, 1.06), (55, 1.10),
+                                          (66, 1.11), (77, 1.20)], 1):
+        trainer.global_step, trainer.current_epoch = steps, epoch
+        log._epoch_start = 0.0
+        with patch("product_cnn.training.epoch_log.resident_bytes", return_value=int(gib * 2**30)):
+            log._finish_epoch(trainer, SimpleNamespace(record=RunRecord(["a", "b"])))
         notes.append(log.memory_note())
-    assert notes[:2] == ["", ""]
-    assert notes[2] == "memory 1.06 GiB, +6.0% since the first epoch"
-    assert notes[3:5] == ["", ""]  # not another 5% above the last note
-    assert notes[5] == "memory 1.20 GiB, +20.0% since the first epoch"
+    assert [e for e, _ in log._memory] == [2, 3, 4, 5, 6, 7]  # epoch 1 ended inside the warm-up
+    assert notes[:3] == ["", "", ""]
+    assert notes[3] == "memory 1.06 GiB, +6.0% since epoch 2"
+    assert notes[4:6] == ["", ""]  # not another 5% above the last note
+    assert notes[6] == "memory 1.20 GiB, +20.0% since epoch 2"
