@@ -115,6 +115,7 @@ def test_the_probe_is_cross_fitted_and_calls_outside_photos_unknown(tree_factory
     assert sum(p.category == "unknown" for p in inside) <= 0.2 * len(inside)
 
 
+@pytest.mark.slow  # about 70 s: two backbones at 224 and 240 px, twice, and an export
 def test_several_backbones_are_cached_one_by_one_and_the_checkpoint_and_exports_predict_the_fitted_head(
         tree_factory, tmp_path, caplog):
     from sklearn.linear_model import LogisticRegression
