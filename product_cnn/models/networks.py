@@ -191,7 +191,13 @@ def build_network(arch: str = MIRROR, num_classes: int = 5, image_size: ImageSiz
     if arch in TORCHVISION:
         return TorchvisionNet(arch, num_classes, pretrained, weights_path)
     if "+" in arch:
+        if weights_path:
+            raise ProductCNNError(f"model.weights_path holds one network's weights: with several backbones "
+                                  f"(model.arch={arch}) each one's come from model.pretrained=true")
         return _several(arch, num_classes, pretrained=pretrained, flip=flip)
+    if flip:
+        raise ProductCNNError(f"model.flip_features=true averages several backbones' features: give "
+                              f"model.arch=a+b, not {arch} (tta=flip flips a single network's inputs)")
     if is_timm(arch):
         return TimmNet(arch.removeprefix("timm/"), num_classes, pretrained=pretrained,
                        weights_path=weights_path, image_size=image_size)

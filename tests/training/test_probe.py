@@ -166,3 +166,7 @@ def test_several_backbones_refuse_a_bad_list_in_one_line():
                        ("tf_efficientnet_lite0+tf_efficientnet_lite0", "two or more different")):
         with pytest.raises(ProductCNNError, match=said):
             build_network(arch, 3, 32)
+    with pytest.raises(ProductCNNError, match=r"model\.flip_features=true averages several backbones"):
+        build_network("tf_efficientnet_lite0", 3, 32, flip=True)
+    with pytest.raises(ProductCNNError, match=r"model\.weights_path holds one network's weights"):
+        build_network("tf_efficientnet_lite0+tf_efficientnet_lite1", 3, 32, weights_path="w.pt")
