@@ -12,9 +12,11 @@ import json
 from typing import Any
 
 
-async def _answer(send: Any, status: int, reason: str) -> None:
+async def answer(send: Any, status: int, reason: str, extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    """An ASGI response ``{"error": reason}`` with ``status`` (and ``extra`` headers)."""
     body = json.dumps({"error": reason}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+               *(extra or [])]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -35,7 +37,7 @@ class PredictGuard:
         limit = f"request larger than the {self.max_bytes // 2**20} MB limit"
         length = headers.get(b"content-length", b"")
         if length.isdigit() and int(length) > self.max_bytes:
-            await _answer(send, 413, limit)
+            await answer(send, 413, limit)
             return
         chunks, size, more = [], 0, True
         while more:
@@ -45,20 +47,20 @@ class PredictGuard:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
-                await _answer(send, 413, limit)
+                await answer(send, 413, limit)
                 return
             chunks.append(chunk)
             more = message.get("more_body", False)
         body = b"".join(chunks)
         if not body:
-            await _answer(send, 400, "empty request: send a photo in the multipart form field 'file' "
+            await answer(send, 400, "empty request: send a photo in the multipart form field 'file' "
                                      "or JSON {\"image\": <base64>}")
             return
         if headers.get(b"content-type", b"").split(b";")[0].strip() == b"application/json":
             try:
                 json.loads(body)
             except ValueError as err:
-                await _answer(send, 400, f"malformed JSON: {err}")
+                await answer(send, 400, f"malformed JSON: {err}")
                 return
         sent = False
 

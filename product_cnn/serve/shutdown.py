@@ -14,7 +14,6 @@ own graceful shutdown), with no traceback.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import multiprocessing
 import os
@@ -23,6 +22,8 @@ import time
 from collections.abc import Iterator
 from types import FrameType
 from typing import Any
+
+from product_cnn.serve.limits import answer
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +73,8 @@ class DrainGuard:
             await self.app(scope, receive, send)
             return
         if self.stopping.event.is_set():
-            body = json.dumps({"error": "the server is stopping: send the request again shortly"}).encode()
-            await send({"type": "http.response.start", "status": 503, "headers": [
-                (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                (b"retry-after", b"1"), (b"connection", b"close")]})
-            await send({"type": "http.response.body", "body": body})
+            await answer(send, 503, "the server is stopping: send the request again shortly",
+                         [(b"retry-after", b"1"), (b"connection", b"close")])
             return
         with self.stopping.in_flight.get_lock():
             self.stopping.in_flight.value += 1
