@@ -28,6 +28,7 @@ _M_MMAP_MAX = -4
 _TRIM_THRESHOLD = -1  # glibc reads it as size_t: SIZE_MAX, never give freed memory back
 _TOP_PAD = 2**30  # grow the heap in 1 GiB steps (address space only until touched)
 
+WARMUP_STEPS = 20  # the steps in which a training heap grows to its working size
 _applied = False
 _libc: ctypes.CDLL | None = None
 
@@ -99,10 +100,10 @@ class MemoryBound:
     Inactive (``active`` False) where the allocator was not tuned (``PRODUCT_CNN_TUNE_MALLOC=0``).
     """
 
-    def __init__(self, warmup: int = 20, slack: float = 0.03, every: int = 1,
+    def __init__(self, warmup: int = WARMUP_STEPS, slack: float = 0.03,
                  rss: Callable[[], int | None] = resident_bytes, trim: Callable[[], None] = trim_heap,
                  active: bool | None = None) -> None:
-        self.warmup, self.slack, self.every = warmup, slack, max(1, every)
+        self.warmup, self.slack = warmup, slack
         self.rss, self.trim = rss, trim
         self.active = malloc_tuned() if active is None else active
         self.steps, self.peak, self.trims, self.last_trim = 0, 0, 0, 0
@@ -117,8 +118,6 @@ class MemoryBound:
         if not self.active:
             return False
         self.steps += 1
-        if self.steps > self.warmup and self.steps % self.every:
-            return False
         now = self.rss()
         if now is None:
             self.active = False

@@ -18,7 +18,7 @@ from torch import nn
 
 
 class ResizedFeatures(nn.Module):
-    """One member: ``net`` (with ``features()`` and ``backbone``) fed the photo at ``size``."""
+    """One member: ``net`` (with ``features()``, ``backbone`` and ``width``) fed the photo at ``size``."""
 
     def __init__(self, net: nn.Module, size: tuple[int, int], flip: bool = False) -> None:
         super().__init__()
@@ -32,8 +32,8 @@ class ResizedFeatures(nn.Module):
 
     @property
     def width(self) -> int:
-        backbone = self.net.backbone
-        return int(getattr(backbone, "head_hidden_size", None) or backbone.num_features)
+        """The length of its features (the net's ``width``)."""
+        return int(self.net.width)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         if tuple(x.shape[-2:]) != self.size:

@@ -127,8 +127,8 @@ class TimmNet(nn.Module):
                 self._load(state, f"ImageNet weights from {packaged.name}")
             else:
                 self._load(hub_weights(arch), f"timm's {arch} weights")
-        width = getattr(self.backbone, "head_hidden_size", None) or self.backbone.num_features
-        self.head = nn.Linear(width, num_classes)
+        self.width = int(getattr(self.backbone, "head_hidden_size", None) or self.backbone.num_features)
+        self.head = nn.Linear(self.width, num_classes)
 
     def _load(self, state: dict[str, torch.Tensor], what: str) -> None:
         if is_lite_layout(state):

@@ -17,13 +17,12 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
 
-from product_cnn.runtime import resident_bytes
+from product_cnn.runtime import WARMUP_STEPS, resident_bytes
 from product_cnn.training.run_record import record_of
 
 log = logging.getLogger(__name__)
 
 GROWTH_NOTED = 0.05  # resident memory this much above the reference is noted in the epoch's line
-WARMUP_STEPS = 20  # the heap grows to its working size in the first steps (HeapBound's warm-up)
 
 
 def format_duration(seconds: float) -> str:

@@ -9,7 +9,7 @@ import logging
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
-from product_cnn.runtime import MemoryBound
+from product_cnn.runtime import WARMUP_STEPS, MemoryBound
 
 log = logging.getLogger(__name__)
 
@@ -18,7 +18,7 @@ class HeapBound(Callback):
     """Trim the tuned heap whenever resident memory passes the first ``warmup`` steps' peak by more
     than ``slack`` (a fraction)."""
 
-    def __init__(self, warmup: int = 20, slack: float = 0.03) -> None:
+    def __init__(self, warmup: int = WARMUP_STEPS, slack: float = 0.03) -> None:
         self.warmup, self.slack = warmup, slack
         self.bound: MemoryBound | None = None
 
