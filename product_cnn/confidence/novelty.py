@@ -17,13 +17,18 @@ BANK_SIZE = 4096  # at most this many training photos are kept (a random, seeded
 K = 10  # neighbours averaged
 
 
+def bank_rows(count: int, size: int = BANK_SIZE, seed: int = 0) -> torch.Tensor:
+    """The rows of ``count`` training photos the bank keeps: all, or a seeded random ``size`` of them."""
+    if count <= size:
+        return torch.arange(count)
+    return torch.randperm(count, generator=torch.Generator().manual_seed(seed))[:size].sort().values
+
+
 def feature_bank(features: torch.Tensor, size: int = BANK_SIZE, seed: int = 0) -> torch.Tensor:
-    """Unit-length float16 rows of ``features`` (a seeded random subset when there are more than ``size``)."""
+    """Unit-length float16 rows of ``features`` (the :func:`bank_rows` subset when there are more
+    than ``size``)."""
     features = torch.as_tensor(features).float()
-    if len(features) > size:
-        keep = torch.randperm(len(features), generator=torch.Generator().manual_seed(seed))[:size]
-        features = features[keep.sort().values]
-    return F.normalize(features, dim=1).half()
+    return F.normalize(features[bank_rows(len(features), size, seed)], dim=1).half()
 
 
 def similarity(features: torch.Tensor, bank: torch.Tensor, k: int = K, chunk: int = 1024) -> torch.Tensor:

@@ -2,12 +2,13 @@
 
 The exported model takes a float batch ``(N, 3, H, W)`` in [0, 1] (RGB, resized to the
 checkpoint's image size) and returns, in this order, class probabilities ``(N, num_classes)``
-(temperature-scaled when the checkpoint is calibrated), the pooled features ``(N, D)`` and, when
+(temperature-scaled when the checkpoint is calibrated, with its nearest-photo vote mixed in when
+it has one), the pooled features ``(N, D)`` and, when
 the checkpoint carries a feature bank, the "none of these" similarity ``(N,)``: the bank is inside
 the model. The sidecar ``<file>.json`` (e.g. ``best.onnx.json``) holds the class names, the
 preprocessing a caller must apply, the precision the checkpoint was trained in, and the
 calibration (the temperature, the held-out confidences from which a ``target_accuracy`` threshold
-is read, and the unknown threshold).
+is read, the unknown threshold and the vote's weight).
 """
 
 from __future__ import annotations
@@ -24,12 +25,15 @@ import torch
 from torch import nn
 
 from product_cnn.atomic import atomic_path, write_text
+from product_cnn.confidence.card import ConfidenceCard
+from product_cnn.confidence.neighbours import mix, neighbour_vote
 from product_cnn.confidence.novelty import K, nearest_mean
 from product_cnn.data.images import image_hw
 from product_cnn.errors import ProductCNNError
 from product_cnn.inference.bn_fold import fold_batchnorm
 from product_cnn.inference.loading import load_network
 from product_cnn.models.networks import last_linear, set_module
+from product_cnn.models.penultimate import Penultimate
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +45,8 @@ class AnswerModel(nn.Module):
     features (the classifier layer's input) and, where the checkpoint carries a feature bank, the
     "none of these" similarity: the whole answer of the checkpoint's Predictor, on any runtime."""
 
-    def __init__(self, net: nn.Module, temperature: float = 1.0, bank: torch.Tensor | None = None) -> None:
+    def __init__(self, net: nn.Module, temperature: float = 1.0, bank: torch.Tensor | None = None,
+                 vote: ConfidenceCard | None = None) -> None:
         super().__init__()
         self.body = copy.deepcopy(net).eval()
         name = last_linear(self.body)
@@ -50,6 +55,10 @@ class AnswerModel(nn.Module):
         self.temperature = float(temperature)
         self.register_buffer("bank", None if bank is None else bank.float())
         self.k = 0 if bank is None else max(1, min(K, len(bank)))  # neighbours averaged, as similarity()
+        votes = vote is not None and vote.votes
+        self.vote = (vote.vote_share, vote.vote_k, vote.vote_tau) if votes else None  # share, k, tau
+        self.register_buffer("vote_bank", vote.bank.float() if votes else None)
+        self.register_buffer("vote_labels", vote.bank_labels.long() if votes else None)
 
     @property
     def outputs(self) -> list[str]:
@@ -61,6 +70,10 @@ class AnswerModel(nn.Module):
         if self.temperature != 1.0:
             logits = logits / self.temperature
         probs = torch.softmax(logits, dim=1)
+        if self.vote is not None:
+            share, k, tau = self.vote
+            vote = neighbour_vote(features, self.vote_bank, self.vote_labels, probs.shape[1], k, tau)
+            probs = mix(probs, vote, share)
         if self.bank is None:
             return probs, features
         return probs, features, nearest_mean(features, self.bank, self.k)
@@ -74,7 +87,7 @@ def load_for_export(ckpt_path: str | Path) -> tuple[AnswerModel, dict]:
     card = loaded.info.card
     unknown = card is not None and card.bank is not None and card.unknown_threshold is not None
     model = AnswerModel(fold_batchnorm(loaded.net), loaded.info.temperature,
-                        card.bank if unknown else None).eval()
+                        card.bank if unknown else None, card).eval()
     check_split(model, loaded.net, (height, width), str(ckpt_path))
     classes = len(loaded.info.class_names)
     outputs = {"probabilities": ["N", classes], "features": ["N", model.head.in_features],
@@ -104,7 +117,9 @@ def load_for_export(ckpt_path: str | Path) -> tuple[AnswerModel, dict]:
             "heldout_confidence": [round(float(c), 6) for c in card.heldout_confidence],
             "heldout_correct": [bool(c) for c in card.heldout_correct],
             "unknown_threshold": card.unknown_threshold if unknown else None,
-            "false_unknown": card.false_unknown if unknown else None}
+            "false_unknown": card.false_unknown if unknown else None,
+            "vote": {"share": card.vote_share, "k": card.vote_k, "tau": card.vote_tau, "bank": len(card.bank),
+                     "applied": True} if model.vote is not None else None}  # inside the model
     return model, meta
 
 
@@ -113,6 +128,12 @@ def check_split(model: AnswerModel, net: nn.Module, image_hw: tuple[int, int], n
     """One line if the network does more after its last linear layer than the export would."""
     example = torch.rand(2, 3, *image_hw, generator=torch.Generator().manual_seed(0))
     want = torch.softmax(net.eval()(example).float() / model.temperature, dim=1)
+    if model.vote is not None:
+        share, k, tau = model.vote
+        with Penultimate(net) as grab:
+            net(example)
+            vote = neighbour_vote(grab.take(), model.vote_bank, model.vote_labels, want.shape[1], k, tau)
+        want = mix(want, vote, share)
     if not torch.allclose(model(example)[0], want, atol=1e-5):
         raise ProductCNNError(f"{name}: its network does not end with its last linear layer; "
                               "predict it with runtime=torch")

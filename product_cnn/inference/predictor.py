@@ -33,7 +33,7 @@ from product_cnn.data.images import (
 )
 from product_cnn.errors import ImageLoadError, ProductCNNError
 from product_cnn.inference.bn_fold import fold_batchnorm
-from product_cnn.inference.calibrated import TemperatureScaled
+from product_cnn.inference.calibrated import NeighbourMixed, TemperatureScaled
 from product_cnn.inference.ensemble import ProbabilityAverage, check_members, expand_checkpoints
 from product_cnn.inference.loading import load_network
 from product_cnn.inference.results import Prediction, collect
@@ -133,6 +133,8 @@ class Predictor:
         cards = [i.card for i in infos]
         built = (gate or GateOptions()).build(cards)
         nets = [TemperatureScaled(fold_batchnorm(m.net), m.info.temperature) for m in models]
+        nets = [NeighbourMixed(n, c) if c is not None and c.votes else n
+                for n, c in zip(nets, cards, strict=True)]
         net = nets[0] if len(nets) == 1 else ProbabilityAverage(nets)
         first = infos[0]
         return cls(net, first.class_names, image_size=first.image_size, device=device, batch_size=batch_size,

@@ -14,11 +14,13 @@ from torch.utils.data import DataLoader
 
 from product_cnn.atomic import atomic_path
 from product_cnn.confidence.card import ConfidenceCard, card_from_heldout
-from product_cnn.confidence.novelty import BANK_SIZE, feature_bank, similarity, unknown_threshold
+from product_cnn.confidence.neighbours import mix, neighbour_vote
+from product_cnn.confidence.novelty import BANK_SIZE, bank_rows, feature_bank, similarity, unknown_threshold
 from product_cnn.confidence.temperature import calibrated_probs, fit_temperature
 from product_cnn.data.datamodule import ProductDataModule
 from product_cnn.data.dataset import ImageListDataset
 from product_cnn.data.images import to_unit_float
+from product_cnn.errors import ProductCNNError
 from product_cnn.models.checkpoint import read_checkpoint
 from product_cnn.models.penultimate import Penultimate
 
@@ -57,22 +59,49 @@ def add_unknown(card: ConfidenceCard, bank: torch.Tensor, heldout_scores: torch.
     card.false_unknown = false_unknown
 
 
+def vote_share(options: Any) -> float:
+    """``confidence.vote_share``: the nearest training photos' weight in the probabilities, in [0, 1)."""
+    share = float((options or {}).get("vote_share") or 0.0)
+    if not 0 <= share < 1:
+        raise ProductCNNError(f"confidence.vote_share={share:g} must be in [0, 1) "
+                              "(the head's weight is 1 minus it)")
+    return share
+
+
+def heldout_card(temperature: float, source: str, logits: Any, labels: torch.Tensor, *, share: float,
+                 vote: torch.Tensor | None) -> ConfidenceCard:
+    """The card from held-out logits (one tensor or a list of views) and, with ``share`` > 0, the
+    vote of each held-out photo's nearest training photos mixed in, as predictions will mix it."""
+    raw, probs = calibrated_probs(logits, 1.0), calibrated_probs(logits, temperature)
+    if share and vote is not None:
+        raw, probs = mix(raw, vote, share), mix(probs, vote, share)
+    card = card_from_heldout(temperature, source, raw_probs=raw, probs=probs, labels=labels)
+    card.vote_share = share if vote is not None else 0.0
+    return card
+
+
 def fit_confidence(model: L.LightningModule, datamodule: ProductDataModule, options: Any = None
                    ) -> ConfidenceCard:
     """The card of ``model`` (its weights as they are) from the validation split; the bank holds
-    the training photos' features."""
+    the training photos' features, labels and paths."""
     options = dict(options or {})
+    share = vote_share(options)
     hp = datamodule.hparams
     val = datamodule.dataset("val")
     views, val_features, labels = network_outputs(model, val, hp.batch_size, hp.num_workers)
     temperature = fit_temperature(views, labels)
-    card = card_from_heldout(temperature, f"validation split ({len(labels)} photos)",
-                             raw_probs=calibrated_probs(views, 1.0),
-                             probs=calibrated_probs(views, temperature), labels=labels)
-    _, train_features, _ = network_outputs(model, datamodule.dataset("train"), hp.batch_size, hp.num_workers)
-    bank = feature_bank(train_features, int(options.get("bank_size", BANK_SIZE)))
+    train = datamodule.dataset("train")
+    _, train_features, train_labels = network_outputs(model, train, hp.batch_size, hp.num_workers)
+    rows = bank_rows(len(train_features), int(options.get("bank_size", BANK_SIZE)))
+    bank = feature_bank(train_features[rows], len(rows))
+    vote = neighbour_vote(val_features, bank.float(), train_labels[rows], len(model.class_names)) \
+        if share else None
+    card = heldout_card(temperature, f"validation split ({len(labels)} photos)", views, labels,
+                        share=share, vote=vote)
     false_unknown = float(options.get("false_unknown", FALSE_UNKNOWN))
     add_unknown(card, bank, similarity(val_features, bank), false_unknown)
+    card.bank_labels = train_labels[rows]
+    card.bank_paths = [str(train.samples[int(i)][0]) for i in rows]
     return card
 
 

@@ -24,6 +24,7 @@ from product_cnn.data.images import ImageSize, image_hw
 from product_cnn.errors import CheckpointError, ProductCNNError
 from product_cnn.models.checkpoint import checkpoint_info
 from product_cnn.models.networks import MIRROR, build_network
+from product_cnn.models.penultimate import Penultimate
 from product_cnn.models.tta import TTA, check_tta  # noqa: F401  (TTA: part of this module's interface)
 from product_cnn.training.run_record import RunRecord
 from product_cnn.training.schedules import SCHEDULES, build_schedule
@@ -215,6 +216,24 @@ class ProductClassifier(L.LightningModule):
         """One view's logits, or the log of the views' mean probabilities."""
         return views[0] if len(views) == 1 else calibrated_probs(views, 1.0).log()
 
+    def view_probs(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(logits for the metrics, probabilities before and after temperature scaling) of the
+        ``tta`` views, averaged; with the card's nearest-photo vote mixed into each view as the
+        Predictor mixes it."""
+        card = self.confidence
+        if card is None or not card.votes:
+            views = self.views(images)
+            return self._merge(views), calibrated_probs(views, 1.0), calibrated_probs(views, self.temperature)
+        raws, probs = [], []
+        with Penultimate(self.net) as grab:
+            for view in [images] if self.tta == "none" else [images, images.flip(-1)]:
+                logits = self(view)
+                features = grab.take()
+                raws.append(card.mixed(calibrated_probs(logits, 1.0), features))
+                probs.append(card.mixed(calibrated_probs(logits, self.temperature), features))
+        raw = torch.stack(raws).mean(0)
+        return raw.clamp_min(1e-12).log(), raw, torch.stack(probs).mean(0)
+
     def _evaluate(self, images: torch.Tensor) -> torch.Tensor:
         """Logits, or with ``tta="flip"`` the log of the mean probabilities of images and mirrors."""
         return self._merge(self.views(images))
@@ -272,9 +291,8 @@ class ProductClassifier(L.LightningModule):
         self._step(batch, "val")
 
     def test_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
-        views = self.views(batch[0])
-        self._step(batch, "test", self._merge(views))
-        raw, probs = calibrated_probs(views, 1.0), calibrated_probs(views, self.temperature)
+        logits, raw, probs = self.view_probs(batch[0])
+        self._step(batch, "test", logits)
         if len(batch) > 2:  # (images, labels, indices): keep each photo's probabilities
             self._test_outputs.append((batch[2], torch.cat([raw, probs], 1)))
         return {"probs": probs}
@@ -282,7 +300,7 @@ class ProductClassifier(L.LightningModule):
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
         """Class probabilities (softmax, temperature-scaled when calibrated) for a batch."""
         images = batch[0] if isinstance(batch, (list, tuple)) else batch
-        return calibrated_probs(self.views(images), self.temperature)
+        return self.view_probs(images)[2]
 
     def on_train_epoch_end(self) -> None:
         train = self._log_epoch("train")

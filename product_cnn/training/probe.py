@@ -26,15 +26,16 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from product_cnn.atomic import atomic_path
-from product_cnn.confidence.card import ConfidenceCard, card_from_heldout
-from product_cnn.confidence.novelty import BANK_SIZE, feature_bank, similarity
-from product_cnn.confidence.temperature import calibrated_probs, fit_temperature
+from product_cnn.confidence.card import ConfidenceCard
+from product_cnn.confidence.neighbours import neighbour_vote
+from product_cnn.confidence.novelty import BANK_SIZE, bank_rows, feature_bank, similarity
+from product_cnn.confidence.temperature import fit_temperature
 from product_cnn.data.cache import fingerprint
 from product_cnn.data.datamodule import ProductDataModule
 from product_cnn.data.dataset import ImageListDataset
 from product_cnn.data.images import to_unit_float
 from product_cnn.errors import ProductCNNError
-from product_cnn.training.calibrate import FALSE_UNKNOWN, MIN_HELDOUT, add_unknown
+from product_cnn.training.calibrate import FALSE_UNKNOWN, MIN_HELDOUT, add_unknown, heldout_card, vote_share
 from product_cnn.training.trainer import build_trainer
 
 log = logging.getLogger(__name__)
@@ -127,33 +128,41 @@ def fit_linear_head(features: torch.Tensor, labels: Sequence[int], num_classes: 
 
 
 def cross_fit_card(features: torch.Tensor, labels: Sequence[int], num_classes: int, *, c: float,
-                   max_iter: int,
-                   seed: int, folds: int = 5, confidence: Any = None) -> ConfidenceCard | None:
+                   max_iter: int, seed: int, folds: int = 5, confidence: Any = None,
+                   paths: Sequence[str] | None = None) -> ConfidenceCard | None:
     """The probe's confidence card without a validation split: ``folds`` heads, each fitted on the
     other folds' training photos, predict the photos they did not see (the temperature, operating
-    points and unknown threshold come from those predictions); the bank holds every training photo."""
+    points and unknown threshold come from those predictions, with the vote of their nearest photos
+    among the other folds mixed in at ``confidence.vote_share``); the bank holds every training
+    photo (its label and path too)."""
     from sklearn.model_selection import StratifiedKFold
 
     confidence = dict(confidence or {})
+    share = vote_share(confidence)
     y = np.asarray(labels)
     folds = min(folds, int(np.bincount(y).min()) if len(y) else 0)
     if folds < 2 or len(y) < MIN_HELDOUT:
         log.warning("Too few photos per class to cross-fit the probe's calibration: not calibrated")
         return None
+    target = torch.as_tensor(y).long()
     logits = torch.zeros(len(y), num_classes)
     scores = torch.zeros(len(y))
+    vote = torch.zeros(len(y), num_classes)
     for fit_idx, held_idx in StratifiedKFold(folds, shuffle=True, random_state=seed).split(y, y):
         weight, bias = fit_linear_head(features[fit_idx], y[fit_idx].tolist(), num_classes, c=c,
                                        max_iter=max_iter, seed=seed)
         logits[held_idx] = features[held_idx] @ weight.T + bias
-        scores[held_idx] = similarity(features[held_idx], feature_bank(features[fit_idx]))
-    target = torch.as_tensor(y).long()
+        bank = feature_bank(features[fit_idx])
+        scores[held_idx] = similarity(features[held_idx], bank)
+        vote[held_idx] = neighbour_vote(features[held_idx], bank.float(), target[fit_idx], num_classes)
     temperature = fit_temperature(logits, target)
     source = f"training photos, cross-fitted ({folds} folds, {len(y)} photos)"
-    card = card_from_heldout(temperature, source, raw_probs=calibrated_probs(logits, 1.0),
-                             probs=calibrated_probs(logits, temperature), labels=target)
-    add_unknown(card, feature_bank(features, int(confidence.get("bank_size", BANK_SIZE))), scores,
+    card = heldout_card(temperature, source, logits, target, share=share, vote=vote)
+    rows = bank_rows(len(y), int(confidence.get("bank_size", BANK_SIZE)))
+    add_unknown(card, feature_bank(features[rows], len(rows)), scores,
                 float(confidence.get("false_unknown", FALSE_UNKNOWN)))
+    card.bank_labels = target[rows]
+    card.bank_paths = None if paths is None else [str(paths[int(i)]) for i in rows]
     return card
 
 
@@ -191,7 +200,8 @@ def fit_probe_head(options: Any, model: L.LightningModule, datamodule: ProductDa
         model.confidence = cross_fit_card(features, labels, len(model.class_names),
                                           c=float(options.get("c", 1.0)),
                                           max_iter=int(options.get("max_iter", 2000)), seed=seed or 0,
-                                          folds=int(options.get("cross_fit_folds", 5)), confidence=confidence)
+                                          folds=int(options.get("cross_fit_folds", 5)), confidence=confidence,
+                                          paths=[path for path, _ in train.samples])
         if model.confidence is not None:
             log.info("Calibration: %s", model.confidence.summary())
     log.info("Probe: features of %d training photos (%d from the cache %s), linear head fitted in %.1f s",
