@@ -12,8 +12,24 @@ from typing import Any
 import torch
 
 from product_cnn.confidence.coverage import threshold_for_accuracy
-from product_cnn.confidence.neighbours import TAU, K, mix, neighbour_vote
+from product_cnn.confidence.neighbours import EVIDENCE, TAU, K, mix, nearest, neighbour_vote
 from product_cnn.confidence.temperature import calibration_error
+
+
+@dataclass
+class Nearest:
+    """The nearest training photos of a batch: bank rows, cosine similarities, labels (``(N, n)``)."""
+
+    index: torch.Tensor
+    similarity: torch.Tensor
+    labels: torch.Tensor
+    paths: list[str]
+
+    def rows(self, class_names: list[str]) -> list[list[tuple[int, str, str, float]]]:
+        """Per photo: (bank row, category, training photo, similarity) of each, nearest first."""
+        return [[(int(j), class_names[int(c)], self.paths[int(j)], round(float(s), 6))
+                 for j, s, c in zip(index, sims, labels, strict=True)]
+                for index, sims, labels in zip(self.index, self.similarity, self.labels, strict=True)]
 
 
 @dataclass
@@ -34,6 +50,16 @@ class ConfidenceCard:
     vote_share: float = 0.0  # the nearest training photos' vote's weight in the probabilities
     vote_k: int = K
     vote_tau: float = TAU
+
+    @property
+    def shows_photos(self) -> bool:
+        """Whether the nearest training photos can be named (the bank with labels and paths)."""
+        return self.bank is not None and self.bank_labels is not None and bool(self.bank_paths)
+
+    def nearest_photos(self, features: torch.Tensor, n: int = EVIDENCE) -> Nearest:
+        """Each photo's ``n`` nearest training photos in the bank."""
+        index, sims = nearest(features, self.bank, n)
+        return Nearest(index, sims, self.bank_labels[index], self.bank_paths or [])
 
     @property
     def votes(self) -> bool:

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 K = 10  # neighbours that vote
 TAU = 0.05  # softmax temperature over their cosine similarities: the nearest count most
+EVIDENCE = 3  # nearest training photos shown beside a prediction
 
 
 def neighbour_vote(features: torch.Tensor, bank: torch.Tensor, labels: torch.Tensor, num_classes: int,

@@ -6,7 +6,7 @@ Dividing every logit by the same positive temperature keeps each photo's ranking
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -22,9 +22,11 @@ def calibrated_probs(views: torch.Tensor | Sequence[torch.Tensor], temperature: 
     return torch.stack([F.softmax(v.double() / temperature, dim=1) for v in views]).mean(0).float()
 
 
-def fit_temperature(views: torch.Tensor | Sequence[torch.Tensor], labels: torch.Tensor) -> float:
+def fit_temperature(views: torch.Tensor | Sequence[torch.Tensor], labels: torch.Tensor,
+                    then: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float:
     """The temperature that minimises the negative log-likelihood of ``labels`` (bounded search
-    over log T; the NLL of softmax(z / T) has one minimum in 1/T). When every held-out prediction
+    over log T; the NLL of softmax(z / T) has one minimum in 1/T), of the probabilities as ``then``
+    turns them (the nearest photos' vote mixed in) when given. When every held-out prediction
     is right the NLL falls without end as T -> 0: no evidence for a temperature, so 1."""
     from scipy.optimize import minimize_scalar
 
@@ -35,7 +37,8 @@ def fit_temperature(views: torch.Tensor | Sequence[torch.Tensor], labels: torch.
         return 1.0
 
     def nll(log_t: float) -> float:
-        probs = calibrated_probs(views, float(torch.tensor(log_t).exp())).double()
+        probs = calibrated_probs(views, float(torch.tensor(log_t).exp()))
+        probs = (then(probs) if then is not None else probs).double()
         return float(F.nll_loss(probs.clamp_min(1e-12).log(), labels))
 
     lo, hi = (float(torch.tensor(b).log()) for b in BOUNDS)

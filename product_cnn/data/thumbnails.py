@@ -17,8 +17,8 @@ CARD_CSS = """body { font-family: system-ui, sans-serif; margin: 1.5em; color: #
 .path { color: #666; word-break: break-all; }"""  # the contact sheets' style (also review.html)
 
 
-def thumbnail_uri(path: str | Path, side: int = 160) -> str | None:
-    """A JPEG data URI of the photo, upright and RGB as training reads it; None if unreadable."""
+def thumbnail_jpeg(path: str | Path, side: int = 160) -> bytes | None:
+    """The photo as a small JPEG, upright and RGB as training reads it; None if unreadable."""
     try:
         with open_image(path) as image:  # to_rgb may hand back the opened image: use it inside
             small = to_rgb(image)
@@ -27,4 +27,10 @@ def thumbnail_uri(path: str | Path, side: int = 160) -> str | None:
             small.save(buffer, format="JPEG", quality=80)
     except ImageLoadError:
         return None
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return buffer.getvalue()
+
+
+def thumbnail_uri(path: str | Path, side: int = 160) -> str | None:
+    """A JPEG data URI of the photo (:func:`thumbnail_jpeg`); None if unreadable."""
+    jpeg = thumbnail_jpeg(path, side)
+    return None if jpeg is None else "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")

@@ -22,11 +22,12 @@ import warnings
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from product_cnn.atomic import atomic_path, write_text
 from product_cnn.confidence.card import ConfidenceCard
-from product_cnn.confidence.neighbours import mix, neighbour_vote
+from product_cnn.confidence.neighbours import EVIDENCE, mix, neighbour_vote
 from product_cnn.confidence.novelty import K, nearest_mean
 from product_cnn.data.images import image_hw
 from product_cnn.errors import ProductCNNError
@@ -60,9 +61,12 @@ class AnswerModel(nn.Module):
         self.register_buffer("vote_bank", vote.bank.float() if votes else None)
         self.register_buffer("vote_labels", vote.bank_labels.long() if votes else None)
 
+    evidence = 0  # nearest training photos output (their bank rows and similarities) when > 0
+
     @property
     def outputs(self) -> list[str]:
-        return ["probabilities", "features"] + ([] if self.bank is None else ["similarity"])
+        names = ["probabilities", "features"] + ([] if self.bank is None else ["similarity"])
+        return names + (["nearest", "nearest_similarity"] if self.evidence else [])
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         features = self.body(images).flatten(1)
@@ -76,7 +80,10 @@ class AnswerModel(nn.Module):
             probs = mix(probs, vote, share)
         if self.bank is None:
             return probs, features
-        return probs, features, nearest_mean(features, self.bank, self.k)
+        if not self.evidence:
+            return probs, features, nearest_mean(features, self.bank, self.k)
+        found = (F.normalize(features, dim=1) @ self.bank.T).topk(self.evidence, dim=1)
+        return probs, features, nearest_mean(features, self.bank, self.k), found.indices, found.values
 
 
 def load_for_export(ckpt_path: str | Path) -> tuple[AnswerModel, dict]:
@@ -88,10 +95,13 @@ def load_for_export(ckpt_path: str | Path) -> tuple[AnswerModel, dict]:
     unknown = card is not None and card.bank is not None and card.unknown_threshold is not None
     model = AnswerModel(fold_batchnorm(loaded.net), loaded.info.temperature,
                         card.bank if unknown else None, card).eval()
+    if unknown and card.shows_photos:  # the nearest training photos: bank rows out, paths in the sidecar
+        model.evidence = min(EVIDENCE, len(card.bank))
     check_split(model, loaded.net, (height, width), str(ckpt_path))
     classes = len(loaded.info.class_names)
     outputs = {"probabilities": ["N", classes], "features": ["N", model.head.in_features],
-               "similarity": ["N"]}
+               "similarity": ["N"], "nearest": ["N", model.evidence],
+               "nearest_similarity": ["N", model.evidence]}
     meta = {
         "class_names": loaded.info.class_names,
         "arch": loaded.info.arch,
@@ -110,6 +120,9 @@ def load_for_export(ckpt_path: str | Path) -> tuple[AnswerModel, dict]:
         ],
         "checkpoint": str(ckpt_path),
         "calibration": None,
+        "nearest": None if not model.evidence else {  # rows of the "nearest" output
+            "category": [loaded.info.class_names[int(c)] for c in card.bank_labels],
+            "photo": card.bank_paths},
     }
     if card is not None:  # the bank is inside the model (its similarity output); the thresholds here
         meta["calibration"] = {

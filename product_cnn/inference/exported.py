@@ -169,6 +169,7 @@ class ExportedPredictor:
         self.class_names = list(meta["class_names"])
         self.image_size = tuple(meta["input"]["shape"][2:4])
         self.decode = check_decode(meta.get("decode", "full"))  # exports before the choice: full
+        self.nearest = meta.get("nearest")  # the training photo and category of each "nearest" row
         self.batch_size = batch_size
         self.tta = check_tta(tta)
         gate = gate or GateOptions()
@@ -205,13 +206,25 @@ class ExportedPredictor:
     def scores(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """(probabilities, "none of these" similarity or None) for a uint8 ``(N, 3, H, W)`` batch,
         as the checkpoint's Predictor gives them (the similarity from the unflipped view)."""
+        probs, sims, _ = self.evidence(batch)
+        return probs, sims
+
+    def evidence(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, list[list] | None]:
+        """:meth:`scores` and each photo's nearest training photos ((bank row, category, photo,
+        similarity) tuples) when the export names them."""
         images = np.multiply(batch, np.float32(1 / 255), dtype=np.float32)
         outputs = self.run(images)
         probs = outputs[0]
         if self.tta == "flip":
             probs = (probs + self.run(np.ascontiguousarray(images[..., ::-1]))[0]) / 2
         sims = outputs[2] if len(outputs) > 2 and self.gate.unknown_threshold is not None else None
-        return probs, sims
+        named = self.nearest
+        if not named or len(outputs) < 5:
+            return probs, sims, None
+        found = [[(int(j), named["category"][int(j)], named["photo"][int(j)], round(float(s), 6))
+                  for j, s in zip(rows, values, strict=True)] for rows, values in zip(outputs[3], outputs[4],
+                                                                                       strict=True)]
+        return probs, sims, found
 
     def iter_predict(self, images: Sequence[str], topk: int = 3) -> Iterator[Prediction]:
         """Yield one :class:`Prediction` per photo file, in order; decoding runs a batch ahead."""
@@ -226,7 +239,7 @@ class ExportedPredictor:
                 decoded = [f.result() for f in pending]
                 pending = submit(start + self.batch_size) if start + self.batch_size < len(images) else []
                 good = [a for a, _ in decoded if a is not None]
-                probs, sims = self.scores(np.stack(good)) if good else (None, None)
+                probs, sims, found = self.evidence(np.stack(good)) if good else (None, None, None)
                 row = 0
                 for offset, (array, error) in enumerate(decoded):
                     source = str(images[start + offset])
@@ -236,10 +249,11 @@ class ExportedPredictor:
                     order = np.argsort(-probs[row], kind="stable")[:topk]
                     ranked = [(self.class_names[int(i)], float(probs[row, i])) for i in order]
                     sim = None if sims is None else float(sims[row])
+                    near = [n[1:] for n in found[row]] if found else []
                     row += 1
                     verdict = self.gate.verdict(ranked[0][1], sim)
                     yield Prediction(source, verdict or ranked[0][0], ranked[0][1], ranked, verdict=verdict,
-                                     similarity=sim)
+                                     similarity=sim, nearest=near)
 
     def predict(self, images: Sequence[str], topk: int = 3, progress: bool = False) -> list[Prediction]:
         """Classify photo files; ``progress`` shows a bar for long lists."""

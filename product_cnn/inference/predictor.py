@@ -112,6 +112,8 @@ class Predictor:
         if self.gate.unknown_threshold is not None:
             self._banks = [(Penultimate(m), c.bank.to(self.device)) for m, c in zip(members, self.cards,
                                                                                     strict=True)]
+        first = self.cards[0] if self.cards else None  # the nearest training photos, as evidence
+        self._evidence = (Penultimate(members[0]), first) if first and first.shows_photos else None
 
     @classmethod
     def from_checkpoint(cls, path: str | Path | Sequence[str | Path], *, device: str = "auto",
@@ -151,8 +153,17 @@ class Predictor:
     def scores(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(probabilities, "none of these" similarity or None): one pass gives both (the
         similarity is the members' mean, from the unflipped view)."""
+        probs, sims, _ = self.evidence(batch)
+        return probs, sims
+
+    @torch.no_grad()
+    def evidence(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, list[list] | None]:
+        """:meth:`scores` and, when the checkpoint keeps its training photos' paths, each photo's
+        nearest ones (the first member's bank) from the same pass: (bank row, category, photo,
+        similarity) tuples."""
         images = to_unit_float(batch.to(self.device))
-        for hook, _ in self._banks:
+        hooks = [hook for hook, _ in self._banks] + ([self._evidence[0]] if self._evidence else [])
+        for hook in hooks:
             hook.__enter__()
         try:
             with torch.autocast(self.device.type, torch.bfloat16, enabled=self.precision == "bf16"):
@@ -160,10 +171,14 @@ class Predictor:
                 if self.tta == "flip":
                     probs = (probs + torch.softmax(self.net(images.flip(-1)).float(), dim=1)) / 2
             sims = [similarity(hook.take().float(), bank) for hook, bank in self._banks]
+            found = None
+            if self._evidence:
+                hook, card = self._evidence
+                found = card.nearest_photos(hook.take().cpu()).rows(self.class_names)
         finally:
-            for hook, _ in self._banks:
+            for hook in hooks:
                 hook.__exit__()
-        return probs.cpu(), (torch.stack(sims).mean(0).cpu() if sims else None)
+        return probs.cpu(), (torch.stack(sims).mean(0).cpu() if sims else None), found
 
     def iter_predict(self, images: Sequence[ImageInput], topk: int = 3) -> Iterator[Prediction]:
         """Yield one :class:`Prediction` per input, in order, batch by batch."""
@@ -172,7 +187,7 @@ class Predictor:
                             num_workers=self.num_workers, pin_memory=self.device.type == "cuda")
         index = 0
         for batch, errors in loader:
-            probs, sims = self.scores(batch)
+            probs, sims, found = self.evidence(batch)
             top_p, top_i = probs.topk(topk, dim=1)
             for row in range(len(errors)):
                 item = images[index]
@@ -186,7 +201,7 @@ class Predictor:
                 sim = float(sims[row]) if sims is not None else None
                 verdict = self.gate.verdict(ranked[0][1], sim)
                 yield Prediction(source, verdict or ranked[0][0], ranked[0][1], ranked, verdict=verdict,
-                                 similarity=sim)
+                                 similarity=sim, nearest=[n[1:] for n in found[row]] if found else [])
 
     def describe(self, ckpt_path: str) -> str:
         """What classifies: ``ckpt_path``, or "an ensemble of N checkpoints"."""

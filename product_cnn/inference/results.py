@@ -37,6 +37,7 @@ class Prediction:
     error: str | None = None
     verdict: str | None = None  # unsure | unknown | None (filed)
     similarity: float | None = None
+    nearest: list[tuple[str, str, float]] = field(default_factory=list)  # (category, photo, similarity)
 
     @property
     def ok(self) -> bool:
@@ -60,19 +61,25 @@ def collect(predictions: Iterator[Prediction], total: int, progress: bool = Fals
 
 def predictions_table(predictions: Sequence[Prediction], topk: int) -> tuple[list[str], list[list]]:
     """CSV header and rows: path, category (``unsure``/``unknown`` when held back), confidence,
-    top-k categories and probabilities, the similarity (when scored), error."""
+    top-k categories and probabilities, the similarity (when scored), the nearest training photos
+    (category, photo, similarity; when the checkpoint names them), error."""
     header = ["path", "category", "confidence"]
     for k in range(1, topk + 1):
         header += [f"top{k}_category", f"top{k}_prob"]
     scored = any(p.similarity is not None for p in predictions)
-    header += ["similarity", "error"] if scored else ["error"]
+    header += ["similarity"] if scored else []
+    shown = max((len(p.nearest) for p in predictions), default=0)
+    for k in range(1, shown + 1):
+        header += [f"nearest{k}_category", f"nearest{k}_photo", f"nearest{k}_similarity"]
+    header += ["error"]
     rows = []
     for p in predictions:
         ranked = [cell for name, prob in p.topk for cell in (name, f"{prob:.6f}")]
         ranked += [""] * (2 * topk - len(ranked))
         confidence = f"{p.confidence:.6f}" if p.confidence is not None else ""
         similarity = ([f"{p.similarity:.6f}" if p.similarity is not None else ""] if scored else [])
-        rows.append([p.source, p.category or "", confidence, *ranked, *similarity, p.error or ""])
+        near = [str(cell) for item in p.nearest for cell in item] + [""] * (3 * (shown - len(p.nearest)))
+        rows.append([p.source, p.category or "", confidence, *ranked, *similarity, *near, p.error or ""])
     return header, rows
 
 

@@ -25,6 +25,9 @@ _PAGE = """<!doctype html>
 {css}
 .card.unknown {{ border-color: #c0392b; background: #fdf2f0; }}
 .why {{ font-weight: 600; }}
+.near {{ display: flex; gap: 4px; margin-top: 6px; }}
+.near figure {{ margin: 0; width: 56px; font-size: 10px; text-align: center; }}
+.near img {{ max-width: 56px; max-height: 56px; margin: 0 auto; }}
 </style></head><body>
 <h1>Needs review: {count} photos</h1>
 <p>{intro}</p>
@@ -63,12 +66,25 @@ def review_html(items: Sequence[Any], gate: str, side: int = 160) -> str:
         ranked = "".join(f"<div>{html.escape(name)} {prob:.3f}</div>" for name, prob in p.topk[:3])
         score = f"<div>similarity {p.similarity:.3f}</div>" if p.similarity is not None else ""
         cards.append(f'<div class="card {p.verdict}">{image}<div class="why">{why}</div>{ranked}{score}'
-                     f'<div class="path">{html.escape(p.source)}</div></div>')
+                     f'{_nearest(p.nearest)}<div class="path">{html.escape(p.source)}</div></div>')
     intro = (f"Held back by: {html.escape(gate)}. To train on them, correct the <code>label</code> column of "
              "<code>review.csv</code> (a class, or <code>exclude</code> to leave a photo out) and run "
              "<code>python train.py data.extra=review.csv</code>: the photos themselves are never changed.")
     return _PAGE.format(count=len(items), intro=intro, css=CARD_CSS,
                         cards="\n".join(cards) or "<p>Nothing to review.</p>")
+
+
+def _nearest(found: Sequence[tuple[str, str, float]], side: int = 56) -> str:
+    """The nearest training photos: thumbnails (where the files are here) with their labels."""
+    if not found:
+        return ""
+    figures = []
+    for category, photo, sim in found:
+        uri = thumbnail_uri(photo, side)
+        image = f'<img src="{uri}" alt="{html.escape(photo)}">' if uri else ""
+        figures.append(f'<figure title="{html.escape(photo)}">{image}<figcaption>{html.escape(category)} '
+                       f'{sim:.2f}</figcaption></figure>')
+    return f'<div>nearest training photos:</div><div class="near">{"".join(figures)}</div>'
 
 
 def write_review(predictions: Sequence[Any], out_dir: str | Path, gate: str) -> tuple[Path, Path, int]:

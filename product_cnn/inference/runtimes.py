@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 RUNTIME_CHOICES = ("auto", "torch", "openvino", "onnxruntime")
 EXPORT_FORMAT = {"openvino": "openvino", "onnxruntime": "onnx"}
 SUFFIXES = {"openvino": ".xml", "onnx": ".onnx", "int8": ".int8.onnx"}  # the cached exports
-CACHE_VERSION = 2  # bump when export.py's graph changes: cached exports are made again (2: features)
+CACHE_VERSION = 3  # bump when export.py's graph changes: its cached exports are made again (3: vote, nearest)
 
 
 def file_digest(path: str | Path) -> str:

@@ -37,7 +37,8 @@ def bearer_ok(header: str | None, api_key: str | None) -> bool:
 class ClassifierAPI(ls.LitAPI):
     """``POST /predict``: photos in, ``{"category", "confidence", "topk"}`` out (a list for several);
     a photo the gate holds back answers ``"category": null`` with ``"unsure": true`` or
-    ``"unknown": true``, its top-k kept."""
+    ``"unknown": true``, its top-k kept; ``"nearest"`` lists the most similar training photos when
+    the model names them."""
 
     def __init__(self, info: ModelInfo, ckpt_path: str | None, onnx_path: str | None, *, topk: int = 3,
                  max_files: int = 16, max_bytes: int = 20 * 2**20, api_key: str | None = None,
@@ -71,13 +72,14 @@ class ClassifierAPI(ls.LitAPI):
     def predict(self, x: Photos | BadRequest | list[Photos | BadRequest]) -> Any:
         items = x if isinstance(x, list) else [x]
         good = [item for item in items if isinstance(item, Photos)]
-        probs, sims = (self.backend.scores(torch.cat([p.images for p in good])) if good
-                       else (np.empty((0, 0)), None))
+        probs, sims, found = (self.backend.evidence(torch.cat([p.images for p in good])) if good
+                              else (np.empty((0, 0)), None, None))
         answers, start = [], 0
         for item in items:
             if isinstance(item, Photos):
                 end = start + len(item.images)
-                answers.append((item, probs[start:end], None if sims is None else sims[start:end]))
+                answers.append((item, probs[start:end], None if sims is None else sims[start:end],
+                                None if found is None else found[start:end]))
                 start = end
             else:
                 answers.append(item)
@@ -86,7 +88,7 @@ class ClassifierAPI(ls.LitAPI):
     def encode_response(self, output: Any) -> JSONResponse:
         if isinstance(output, BadRequest):
             return JSONResponse({"error": output.reason}, status_code=output.status)
-        photos, probs, sims = output
+        photos, probs, sims, found = output
         names = self.info.class_names
         results = []
         for n, row in enumerate(probs):
@@ -100,5 +102,8 @@ class ClassifierAPI(ls.LitAPI):
                 result[verdict] = True
             if sim is not None:
                 result["similarity"] = sim
+            if found is not None:  # the nearest training photos: GET /photo/<row> shows one
+                result["nearest"] = [{"category": category, "similarity": sim_, "photo": f"/photo/{row}"}
+                                     for row, category, _, sim_ in found[n]]
             results.append(result)
         return JSONResponse(results if photos.several else results[0])

@@ -19,6 +19,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from litserve.utils import WorkerSetupStatus
 
 from product_cnn.confidence.gate import GateOptions
+from product_cnn.data.thumbnails import thumbnail_jpeg
 from product_cnn.serve.api import ClassifierAPI, bearer_ok
 from product_cnn.serve.backends import model_info, resolve_backend
 from product_cnn.serve.limits import PredictGuard
@@ -50,7 +51,7 @@ def build_server(*, ckpt_path: str | None = None, backend: str = "auto", exporte
     accelerator = "cpu" if backend != "torch" else device
     server = ls.LitServer(api, accelerator=accelerator, workers_per_device=workers, timeout=timeout)
     server.uvicorn_graceful_timeout = UVICORN_GRACE_S  # LitServe's 30 s: SIGTERM has drained already
-    _replace_routes(server, info.as_dict(), api_key or None)
+    _replace_routes(server, info.as_dict(), api_key or None, info.photos)
     server.app.add_middleware(PredictGuard, max_bytes=max_body_mb * 2**20)
     server.app.add_middleware(DrainGuard, stopping=stopping or Stopping())
 
@@ -65,8 +66,10 @@ def build_server(*, ckpt_path: str | None = None, backend: str = "auto", exporte
     return server
 
 
-def _replace_routes(server: ls.LitServer, info: dict[str, Any], api_key: str | None) -> None:
-    """Our ``/``, ``/info`` and ``/health`` in place of LitServe's own."""
+def _replace_routes(server: ls.LitServer, info: dict[str, Any], api_key: str | None,
+                    photos: list[str] | None = None) -> None:
+    """Our ``/``, ``/info`` and ``/health`` in place of LitServe's own, and ``/photo/<row>`` (a
+    thumbnail of the training photo of bank row ``row``, where the file is on this machine)."""
     mine = {"/", "/info", "/health"}
     server.app.router.routes = [
         r for r in server.app.router.routes
@@ -82,6 +85,20 @@ def _replace_routes(server: ls.LitServer, info: dict[str, Any], api_key: str | N
         ready = bool(server.workers_setup_status) and all(
             v == WorkerSetupStatus.READY for v in server.workers_setup_status.values())
         return Response("ok" if ready else "not ready", status_code=200 if ready else 503)
+
+    @server.app.get("/photo/{row}")
+    async def photo(row: int, request: Request) -> Response:
+        if not bearer_ok(request.headers.get("authorization"), api_key):
+            return JSONResponse({"error": "missing or wrong API key: send Authorization: Bearer <key>"},
+                                status_code=401)
+        if not photos or not 0 <= row < len(photos):
+            return JSONResponse({"error": f"no training photo {row}: the model names {len(photos or [])}"},
+                                status_code=404)
+        jpeg = thumbnail_jpeg(photos[row])
+        if jpeg is None:
+            return JSONResponse({"error": f"training photo {row} is not readable on this server"},
+                                status_code=404)
+        return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
     @server.app.get("/info")
     async def model(request: Request) -> JSONResponse:

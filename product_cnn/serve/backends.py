@@ -41,6 +41,7 @@ class ModelInfo:
     gate: Gate = field(default_factory=Gate)
     decode: str = "full"  # how the photos were decoded in training (data.decode)
     export: str | None = None  # backend=auto: the checkpoint's cached export that answers
+    photos: list[str] | None = None  # the training photo of each bank row (GET /photo/<row>)
 
     def as_dict(self) -> dict[str, Any]:
         from importlib.metadata import PackageNotFoundError, version
@@ -100,16 +101,18 @@ def _model_info(backend: str, ckpt_path: str | None, onnx_path: str | None) -> M
         return ModelInfo(meta["class_names"], meta.get("arch", "unknown"), [shape[2], shape[3]],
                          str(source), backend, file_digest(source), sidecar_card(meta),
                          decode=meta.get("decode", "full"),
-                         export=None if source == onnx_path else str(onnx_path))
+                         export=None if source == onnx_path else str(onnx_path),
+                         photos=(meta.get("nearest") or {}).get("photo"))
     if not ckpt_path:
         raise ProductCNNError("missing config value ckpt_path: serve.py ckpt_path=<checkpoint>")
     from product_cnn.models.checkpoint import checkpoint_info, read_checkpoint
 
     info = checkpoint_info(read_checkpoint(ckpt_path))
+    photos = info.card.bank_paths if info.card is not None and info.card.shows_photos else None
     if info.card is not None:
-        info.card.bank = None  # the workers read it from the checkpoint; this process needs the threshold
+        info.card.bank = info.card.bank_paths = None  # the workers read them from the checkpoint
     return ModelInfo(info.class_names, info.arch, info.image_size, str(ckpt_path), "torch",
-                     file_digest(ckpt_path), info.card, decode=info.decode)
+                     file_digest(ckpt_path), info.card, decode=info.decode, photos=photos)
 
 
 class TorchBackend:
@@ -121,9 +124,10 @@ class TorchBackend:
         gate = GateOptions(unknown=unknown)
         self.predictor = Predictor.from_checkpoint(ckpt_path, device=device, gate=gate)
 
-    def scores(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
-        probs, sims = self.predictor.scores(images)
-        return probs.numpy(), (sims.numpy() if sims is not None else None)
+    def evidence(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None, list[list] | None]:
+        """(probabilities, similarity or None, each photo's nearest training photos or None)."""
+        probs, sims, found = self.predictor.evidence(images)
+        return probs.numpy(), (sims.numpy() if sims is not None else None), found
 
 
 class ExportedBackend:
@@ -134,8 +138,9 @@ class ExportedBackend:
     def __init__(self, model_path: str, unknown: bool = True) -> None:
         self.predictor = ExportedPredictor(model_path, gate=GateOptions(unknown=unknown))
 
-    def scores(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
-        return self.predictor.scores(images.numpy())
+    def evidence(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None, list[list] | None]:
+        """(probabilities, similarity or None, each photo's nearest training photos or None)."""
+        return self.predictor.evidence(images.numpy())
 
 
 def load_backend(backend: str, ckpt_path: str | None, onnx_path: str | None, *, device: str,

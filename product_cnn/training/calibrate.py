@@ -89,13 +89,13 @@ def fit_confidence(model: L.LightningModule, datamodule: ProductDataModule, opti
     hp = datamodule.hparams
     val = datamodule.dataset("val")
     views, val_features, labels = network_outputs(model, val, hp.batch_size, hp.num_workers)
-    temperature = fit_temperature(views, labels)
     train = datamodule.dataset("train")
     _, train_features, train_labels = network_outputs(model, train, hp.batch_size, hp.num_workers)
     rows = bank_rows(len(train_features), int(options.get("bank_size", BANK_SIZE)))
     bank = feature_bank(train_features[rows], len(rows))
     vote = neighbour_vote(val_features, bank.float(), train_labels[rows], len(model.class_names)) \
         if share else None
+    temperature = fit_temperature(views, labels, then=None if vote is None else lambda p: mix(p, vote, share))
     card = heldout_card(temperature, f"validation split ({len(labels)} photos)", views, labels,
                         share=share, vote=vote)
     false_unknown = float(options.get("false_unknown", FALSE_UNKNOWN))

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 
 from product_cnn.atomic import atomic_path
 from product_cnn.confidence.card import ConfidenceCard
-from product_cnn.confidence.neighbours import neighbour_vote
+from product_cnn.confidence.neighbours import mix, neighbour_vote
 from product_cnn.confidence.novelty import BANK_SIZE, bank_rows, feature_bank, similarity
 from product_cnn.confidence.temperature import fit_temperature
 from product_cnn.data.cache import fingerprint
@@ -155,7 +155,7 @@ def cross_fit_card(features: torch.Tensor, labels: Sequence[int], num_classes: i
         bank = feature_bank(features[fit_idx])
         scores[held_idx] = similarity(features[held_idx], bank)
         vote[held_idx] = neighbour_vote(features[held_idx], bank.float(), target[fit_idx], num_classes)
-    temperature = fit_temperature(logits, target)
+    temperature = fit_temperature(logits, target, then=(lambda p: mix(p, vote, share)) if share else None)
     source = f"training photos, cross-fitted ({folds} folds, {len(y)} photos)"
     card = heldout_card(temperature, source, logits, target, share=share, vote=vote)
     rows = bank_rows(len(y), int(confidence.get("bank_size", BANK_SIZE)))
@@ -204,8 +204,8 @@ def fit_probe_head(options: Any, model: L.LightningModule, datamodule: ProductDa
                                           paths=[path for path, _ in train.samples])
         if model.confidence is not None:
             log.info("Calibration: %s", model.confidence.summary())
-    log.info("Probe: features of %d training photos (%d from the cache %s), linear head fitted in %.1f s",
-             len(train), hits, ", ".join(paths), time.perf_counter() - start)
+    log.info("Probe: features of %d training photos (%d of %d from the cache %s), linear head fitted in %.1f s",
+             len(train), hits, len(train) * len(paths), ", ".join(paths), time.perf_counter() - start)
 
 
 def save_probe(cfg: DictConfig, model: L.LightningModule, datamodule: ProductDataModule) -> dict[str, float]:

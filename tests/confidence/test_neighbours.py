@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -62,7 +61,8 @@ def _tested(out: Path) -> tuple[list[str], np.ndarray, list[str]]:
 def test_the_card_keeps_each_bank_photo_with_its_label_and_path(voting_probe):
     ckpt, _ = voting_probe
     card = read_checkpoint(ckpt)["confidence"]
-    assert card["vote_share"] == 0.5 and len(card["bank_labels"]) == len(card["bank_paths"]) == len(card["bank"])
+    assert card["vote_share"] == 0.5
+    assert len(card["bank_labels"]) == len(card["bank_paths"]) == len(card["bank"])
     names = read_checkpoint(ckpt)["hyper_parameters"]["class_names"]
     assert [names[int(i)] for i in card["bank_labels"]] == [Path(p).parent.name for p in card["bank_paths"]]
 
@@ -89,11 +89,51 @@ def test_the_test_report_predictor_and_export_give_the_same_mixture(voting_probe
     assert np.abs(exported.probabilities(arrays) - got).max() < 1e-4
 
 
-def test_a_share_outside_zero_to_one_is_one_line(tmp_path, caplog):
+def test_a_share_outside_zero_to_one_is_one_line(tmp_path):
     from tests.helpers import make_tree
 
     root = make_tree(tmp_path / "photos", {"Bags": 6, "Cups": 6})
     cfg = compose_cfg("train", [*FAST, "experiment=probe", "data.image_size=32", f"data.root={root}",
                                 "confidence.vote_share=1.5"], tmp_path / "run", tmp_path / "cache")
-    with caplog.at_level(logging.INFO), pytest.raises(ProductCNNError, match=r"vote_share=1.5 must be in \[0, 1\)"):
+    with pytest.raises(ProductCNNError, match=r"vote_share=1.5 must be in \[0, 1\)"):
         train(cfg)
+
+
+def test_predictions_and_review_page_name_the_nearest_training_photos(voting_probe, tmp_path):
+    from product_cnn.confidence.gate import GateOptions
+    from product_cnn.inference.results import save_predictions
+
+    ckpt, out = voting_probe
+    paths, _, _ = _tested(out)
+    predictor = Predictor.from_checkpoint(ckpt, device="cpu", precision="32",
+                                          gate=GateOptions(min_confidence=0.9999, unknown=False))
+    predictions = predictor.predict(paths)
+    bank = read_checkpoint(ckpt)["confidence"]
+    for p in predictions:  # each: 3 training photos of the bank, most similar first, labelled as trained
+        assert len(p.nearest) == 3 and all(photo in bank["bank_paths"] for _, photo, _ in p.nearest)
+        assert [c for c, photo, _ in p.nearest] == [Path(photo).parent.name for _, photo, _ in p.nearest]
+        assert [s for _, _, s in p.nearest] == sorted((s for _, _, s in p.nearest), reverse=True)
+    save_predictions(predictions, tmp_path / "predictions.csv", 3, gate=predictor.gate)
+    rows = list(csv.DictReader((tmp_path / "predictions.csv").open()))
+    assert [r["nearest1_photo"] for r in rows] == [p.nearest[0][1] for p in predictions]
+    page = (tmp_path / "review.html").read_text()
+    held = sum(1 for p in predictions if p.verdict)
+    assert held > 0 and page.count("nearest training photos:") == held
+    assert page.count('<figure title="') == 3 * held and page.count("data:image/jpeg;base64,") == 4 * held
+
+
+def test_the_server_answers_with_the_same_mixture(voting_probe, tmp_path):
+    from tests.serve.test_serve import Server, httpx
+
+    ckpt, out = voting_probe
+    paths, reported, names = _tested(out)
+    running = Server(tmp_path, f"ckpt_path={ckpt}", "device=cpu", "unknown=false", "topk=3")
+    try:
+        for path, want in list(zip(paths, reported, strict=True))[:4]:
+            with open(path, "rb") as handle:
+                got = httpx.post(f"{running.url}/predict", files={"file": ("p.jpg", handle, "image/jpeg")},
+                                 timeout=60).json()
+            assert dict(got["topk"]) == pytest.approx({n: float(p) for n, p in zip(names, want, strict=True)},
+                                                      abs=1e-5)
+    finally:
+        running.stop()

@@ -104,6 +104,9 @@ def test_answers_equal_predict_py(server, tiny_run, photos):
         assert got["confidence"] == pytest.approx(want.confidence, abs=2e-6)  # OpenVINO: docs/performance.md
         assert got["similarity"] == pytest.approx(want.similarity, abs=1e-5)
         assert [n for n, _ in got["topk"]] == [n for n, _ in want.topk]
+        assert [n["category"] for n in got["nearest"]] == [c for c, _, _ in want.nearest]  # evidence
+        assert [n["similarity"] for n in got["nearest"]] == pytest.approx([s for _, _, s in want.nearest],
+                                                                          abs=1e-5)
     # JSON with base64, and several files in one request (a list, in order)
     body = {"image": base64.b64encode(photos[0].read_bytes()).decode()}
     answer = httpx.post(f"{server.url}/predict", json=body, headers=AUTH).json()
@@ -111,6 +114,19 @@ def test_answers_equal_predict_py(server, tiny_run, photos):
     files = [("file", (p.name, p.read_bytes(), "image/jpeg")) for p in photos[:3]]
     several = httpx.post(f"{server.url}/predict", files=files, headers=AUTH, timeout=60).json()
     assert [r["category"] for r in several] == [_served(p) for p in expected[:3]]
+
+
+def test_the_nearest_training_photos_are_served_as_thumbnails(server, tiny_run, photos):
+    got = _post_file(server.url, photos[0]).json()
+    want = Predictor.from_checkpoint(tiny_run["best"], device="cpu").predict(photos[:1])[0]
+    assert len(got["nearest"]) == 3
+    first = httpx.get(f"{server.url}{got['nearest'][0]['photo']}", headers=AUTH, timeout=30)
+    assert first.status_code == 200 and first.headers["content-type"] == "image/jpeg"
+    shown = Image.open(io.BytesIO(first.content))
+    assert max(shown.size) <= 160 and Path(want.nearest[0][1]).parent.name == want.nearest[0][0]
+    assert httpx.get(f"{server.url}{got['nearest'][0]['photo']}", timeout=30).status_code == 401
+    missing = httpx.get(f"{server.url}/photo/100000", headers=AUTH, timeout=30)
+    assert missing.status_code == 404 and "no training photo 100000" in missing.json()["error"]
 
 
 def _bomb() -> bytes:
@@ -336,7 +352,8 @@ def _browser():
 
 
 def _drop_in_browser(url: str, photo: Path, shot: Path, key: str | None = KEY) -> tuple[str, int]:
-    """Drop ``photo`` on the page in a real browser; (the category line shown, bars shown)."""
+    """Drop ``photo`` on the page in a real browser; (the category line shown, bars shown, nearest
+    training photos shown)."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
@@ -353,19 +370,26 @@ def _drop_in_browser(url: str, photo: Path, shot: Path, key: str | None = KEY) -
         WebDriverWait(browser, 60).until(answered)
         shown = browser.find_element(By.CLASS_NAME, "category").text
         bars = browser.find_elements(By.CLASS_NAME, "bar")
+        def loaded(b) -> bool:  # the nearest training photos' thumbnails, if the model names them
+            return all((i.get_attribute("src") or "").startswith("blob:")
+                       for i in b.find_elements(By.CSS_SELECTOR, ".near img"))
+
+        WebDriverWait(browser, 30).until(loaded)
+        nearest = browser.find_elements(By.CSS_SELECTOR, ".near figure")
         browser.save_screenshot(str(shot))
         if os.environ.get("PRODUCT_CNN_SCREENSHOT"):  # how docs/serve.png was made
             browser.save_screenshot(os.environ["PRODUCT_CNN_SCREENSHOT"])
     finally:
         browser.quit()
-    return shown, len(bars)
+    return shown, len(bars), len(nearest)
 
 
 def test_the_web_page_classifies_a_dropped_photo_in_a_real_browser(server, photos, tmp_path):
     expected = _post_file(server.url, photos[0]).json()
-    shown, bars = _drop_in_browser(server.url, photos[0], tmp_path / "page.png")
+    shown, bars, nearest = _drop_in_browser(server.url, photos[0], tmp_path / "page.png")
     held = "needs review: " + ("none of these categories" if expected.get("unknown") else "not sure")
     assert shown.startswith(expected["category"] + " (" if expected["category"] else held) and bars == 3
+    assert nearest == 3  # each with its thumbnail loaded
     assert (tmp_path / "page.png").stat().st_size > 5000
 
 
@@ -378,7 +402,7 @@ def test_the_web_page_marks_a_held_back_photo_needs_review(tiny_run, photos, tmp
     running = Server(tmp_path, f"ckpt_path={tiny_run['best']}", "device=cpu", "min_confidence=0.999",
                      "unknown=false")
     try:
-        shown, bars = _drop_in_browser(running.url, low[1], tmp_path / "page.png", key=None)
+        shown, bars, _ = _drop_in_browser(running.url, low[1], tmp_path / "page.png", key=None)
     finally:
         running.stop()
     assert shown == "needs review: not sure" and bars == 3  # the top-k still shown
