@@ -204,8 +204,9 @@ def fit_probe_head(options: Any, model: L.LightningModule, datamodule: ProductDa
                                           paths=[path for path, _ in train.samples])
         if model.confidence is not None:
             log.info("Calibration: %s", model.confidence.summary())
-    log.info("Probe: features of %d training photos (%d of %d from the cache %s), linear head fitted in %.1f s",
-             len(train), hits, len(train) * len(paths), ", ".join(paths), time.perf_counter() - start)
+    log.info("Probe: features of %d training photos (%d of %d from the cache %s), linear head fitted in "
+             "%.1f s", len(train), hits, len(train) * len(paths), ", ".join(paths),
+             time.perf_counter() - start)
 
 
 def save_probe(cfg: DictConfig, model: L.LightningModule, datamodule: ProductDataModule) -> dict[str, float]:

@@ -27,7 +27,7 @@ def _probe(root: Path, out: Path, cache: Path, *overrides: str, caplog) -> tuple
     with caplog.at_level(logging.INFO, logger="product_cnn.training.probe"):
         metrics = train(cfg)
     line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("Probe: features"))
-    found = re.match(r"Probe: features of (\d+) training photos \((\d+) from", line)
+    found = re.match(r"Probe: features of (\d+) training photos \((\d+) of \d+ from", line)
     total, cached = int(found.group(1)), int(found.group(2))
     return metrics, total, cached, Path(cfg.paths.output_dir)
 
