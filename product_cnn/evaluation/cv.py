@@ -12,6 +12,8 @@ folder and writes, next to the runs:
   predicted, fold, the probability of every class), each predicted by the model that never saw it.
 * ``calibration.png``, ``coverage.png`` (when the folds were calibrated): the out-of-fold
   reliability diagram and accuracy-coverage curve; the numbers are in the summary and report.
+* ``cv_overlap.html``, ``cv_overlap.csv``: where the categories overlap
+  (:mod:`product_cnn.evaluation.overlap`), also a section of the report.
 
 A sweep that varies something besides ``data.fold`` gets one summary per setting, in
 ``cv_<setting>/`` subfolders.
@@ -40,6 +42,7 @@ from product_cnn.evaluation.confidence_report import (
     confidence_lines,
     confidence_section,
 )
+from product_cnn.evaluation.overlap import overlap_lines, overlap_section, write_overlap
 from product_cnn.evaluation.reports import (
     PREDICTIONS_FILE,
     build_report,
@@ -143,6 +146,7 @@ def summarize(runs: list[FoldRun]) -> tuple[dict[str, Any], list[dict[str, Any]]
     oof = [{**row, "fold": r.fold} for r in sorted(done, key=lambda r: r.fold) for row in r.rows]
     if oof:
         summary["pooled"] = _report(oof, names)
+        summary["overlap"] = overlap_section(oof, names)
     if oof and all(c in oof[0] for c in raw_columns(names)):
         temperatures = [r.metrics.get("confidence", {}).get("temperature", 1.0)
                         for r in sorted(done, key=lambda r: r.fold)]
@@ -289,6 +293,8 @@ def _markdown(summary: dict[str, Any]) -> str:
         lines += ["", "## Confidence (out of fold)", "", *confidence_lines(c), "",
                   f"One temperature fitted on the other folds' out-of-fold predictions instead: ECE "
                   f"{c['ece_after_oof_temperature']:.4f} (on all of them: T = {c['oof_temperature']:.3f})."]
+    if "overlap" in summary:
+        lines += ["", *overlap_lines(summary["overlap"])]
     lines += ["", "mean +- sd: over the completed folds, sample standard deviation (n-1)."]
     return "\n".join(lines) + "\n"
 
@@ -328,6 +334,8 @@ def write_cv_summary(sweep_dir: str | Path) -> list[Path]:
                 title=f"Out-of-fold, {len(summary['completed'])} folds"))
         if "confidence" in summary:
             write_confidence_figures(out, *oof_arrays(oof, summary["class_names"]))
+        if "overlap" in summary:
+            write_overlap(out, summary["overlap"], oof, summary["class_names"], summary["data_root"])
         m = summary["mean_sd"]
         log.info("Cross-validation (%d of %d folds): accuracy %.3f +- %.3f, macro F1 %.3f +- %.3f; "
                  "pooled accuracy %.3f. Summary: %s", len(summary["completed"]), summary["folds"],

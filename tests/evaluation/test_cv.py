@@ -131,3 +131,30 @@ def test_near_duplicates_with_different_labels_are_listed_first(tree_factory):
     assert all(x.reason == CONFLICT and x.group == 1 for x in issues[:2])
     assert issues[2].path == "Pens/img_005.jpg" and issues[2].suggested == "Cups"
     assert [x.rank for x in issues] == list(range(1, len(issues) + 1))
+
+
+@pytest.mark.slow  # a 3-fold probe sweep in a subprocess (about 40 s)
+def test_the_overlap_report_names_the_planted_overlapping_pair_first(tmp_path):
+    from product_cnn.data.relabel import read_relabel
+
+    root = make_tree(tmp_path / "photos", {"Bags": 12, "Cups": 12, "Mugs": 12, "Pens": 12})
+    for i in range(12):  # Mugs look exactly like Cups: the labels cannot be told apart
+        write_image(root / "Mugs" / f"img_{i:03d}.jpg", PALETTE[1], seed=5000 + i)
+    sweep = tmp_path / "sweep"
+    proc = _train("-m", *FAST, "experiment=probe", "data.image_size=32", f"data.root={root}", "data.folds=3",
+                  "data.fold=range(3)", f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={sweep}",
+                  cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    overlap = json.loads((sweep / "cv_summary.json").read_text())["overlap"]
+    first = overlap["pairs"][0]
+    assert (first["a"], first["b"]) == ("Cups", "Mugs") and first["confused"] >= 6
+    assert all(p["confused"] < first["confused"] for p in overlap["pairs"][1:])
+    report = (sweep / "cv_report.md").read_text()
+    assert "## Where the categories overlap" in report and "Cups / Mugs |" in report
+    assert "cleanlab (prune_by_noise_rate) doubts" in report
+    page = (sweep / "cv_overlap.html").read_text()
+    assert "Cups filed as Mugs" in page and page.count("data:image/jpeg;base64,") >= first["confused"]
+    rows = list(csv.DictReader((sweep / "cv_overlap.csv").open()))
+    assert len([r for r in rows if r["pair"] == "Cups / Mugs"]) == first["confused"]
+    relabel = read_relabel(sweep / "cv_overlap.csv", str(root), ["Bags", "Cups", "Mugs", "Pens"])
+    assert len(relabel.labels) == len(rows)  # a data.relabel file as it stands
