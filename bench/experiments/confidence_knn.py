@@ -26,7 +26,7 @@ from common import SLASH5, machine
 
 from product_cnn.confidence.coverage import threshold_for_accuracy
 from product_cnn.data.cache import default_cache_dir
-from product_cnn.training.probe import FeatureCache
+from product_cnn.data.feature_cache import FeatureCache
 
 
 def main() -> None:

@@ -38,13 +38,13 @@ class PhotoCatalogue:
     """
 
     OPTIONS = ("root", "classes", "val_fraction", "test_fraction", "split_seed", "check", "skip_bad_images",
-               "group_duplicates", "test_all", "folds", "fold", "relabel", "extra")
+               "group_duplicates", "same_photo", "test_all", "folds", "fold", "relabel", "extra")
 
     def __init__(self, root: str | Path, *, classes: Sequence[str] | None = None, val_fraction: float = 0.2,
                  test_fraction: float = 0.1, split_seed: int = 42, check: bool = True,
                  skip_bad_images: bool = False, group_duplicates: bool = True, test_all: bool = False,
                  folds: int | None = None, fold: int = 0, relabel: str | None = None,
-                 extra: str | None = None, cache_dir: str | None = None) -> None:
+                 extra: str | None = None, cache_dir: str | None = None, same_photo: Any = None) -> None:
         if not root:
             raise DataError("no data folder given: set data.root=/path/to/photos")
         if folds is not None:
@@ -56,6 +56,7 @@ class PhotoCatalogue:
         self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
         self.check_photos, self.skip_bad_images = check, skip_bad_images
         self.group_duplicates = group_duplicates
+        self.same_photo = same_photo_finder(same_photo)
         self.test_all, self.folds, self.fold = test_all, folds, fold
         self.relabel_file = str(Path(relabel).expanduser().resolve()) if relabel else None
         self.extra_file = str(Path(extra).expanduser().resolve()) if extra else None
@@ -71,7 +72,9 @@ class PhotoCatalogue:
         return {"root": self.root, "classes": self.classes, "val_fraction": self.val_fraction,
                 "test_fraction": self.test_fraction, "split_seed": self.split_seed,
                 "check": self.check_photos, "skip_bad_images": self.skip_bad_images,
-                "group_duplicates": self.group_duplicates, "test_all": self.test_all, "folds": self.folds,
+                "group_duplicates": self.group_duplicates,
+                "same_photo": self.same_photo.options() if self.same_photo is not None else None,
+                "test_all": self.test_all, "folds": self.folds,
                 "fold": self.fold, "relabel": self.relabel_file, "extra": self.extra_file}
 
     @property
@@ -90,7 +93,7 @@ class PhotoCatalogue:
             self.relabel = read_relabel(self.relabel_file, self.root, tree.class_names)
             apply_relabel(tree, self.relabel)
         if self.check_photos:
-            self.check = check_tree(tree, self.cache_dir, self.skip_bad_images)
+            self.check = check_tree(tree, self.cache_dir, self.skip_bad_images, self.same_photo)
             self._log_duplicates(tree.presplit)
         self.tree, self.split_samples = tree, self._split(tree, self.groups)
         if self.extra_file and not self.test_all:
@@ -119,8 +122,9 @@ class PhotoCatalogue:
 
     @property
     def groups(self) -> list[list[str]]:
-        """The near-duplicate groups kept within one split (none unchecked or not grouped)."""
-        return self.check.groups if self.check is not None and self.group_duplicates else []
+        """The near-duplicate groups kept within one split (difference hash and same photo; none
+        unchecked or not grouped)."""
+        return self.check.all_groups if self.check is not None and self.group_duplicates else []
 
     @property
     def paths(self) -> list[str]:
@@ -215,20 +219,39 @@ class PhotoCatalogue:
 
     def _log_duplicates(self, presplit: bool) -> None:
         check = self.check
-        if check is None or not check.groups:
+        if check is None or not check.all_groups:
             return
-        photos = sum(len(g) for g in check.groups)
+        groups = check.all_groups
+        photos = sum(len(g) for g in groups)
+        if check.same_photo:
+            log.info("Same photo in another crop (%s): %d group(s) of %d photos", check.same_photo_rule,
+                     len(check.same_photo), sum(len(g) for g in check.same_photo))
         if presplit:
-            log.info("Near-duplicates: %d group(s) of %d photos", len(check.groups), photos)
+            log.info("Near-duplicates: %d group(s) of %d photos", len(groups), photos)
             for where in check.leaks[:10]:
                 log.warning("Near-duplicates in several splits (leakage): %s",
                             "; ".join(f"{s}: {', '.join(p)}" for s, p in sorted(where.items())))
         elif self.test_all:  # one split: nothing to keep apart
-            log.info("Near-duplicates: %d group(s) of %d photos", len(check.groups), photos)
+            log.info("Near-duplicates: %d group(s) of %d photos", len(groups), photos)
         else:
             kept = "each kept within one split" if self.group_duplicates else \
                 "NOT kept together (data.group_duplicates=false)"
-            log.info("Near-duplicates: %d group(s) of %d photos, %s", len(check.groups), photos, kept)
+            log.info("Near-duplicates: %d group(s) of %d photos, %s", len(groups), photos, kept)
+
+
+def same_photo_finder(same_photo: Any) -> Any:
+    """``data.same_photo``: off (None, false), a finder (Hydra made it from the data config), or a
+    checkpoint's record of one (a dict with ``_target_``: made again here)."""
+    if not same_photo:
+        return None
+    if isinstance(same_photo, dict):
+        from hydra.utils import instantiate
+
+        return instantiate(same_photo, _convert_="all")
+    if not callable(getattr(same_photo, "groups", None)):
+        raise DataError(f"data.same_photo={same_photo!r}: null, or a finder such as "
+                        "{_target_: product_cnn.models.same_photo.SamePhotoFinder, threshold: 0.92}")
+    return same_photo
 
 
 def count_table(class_names: Sequence[str], counts: dict[str, list[int]]) -> str:

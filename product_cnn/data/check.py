@@ -15,15 +15,17 @@ import logging
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from product_cnn.atomic import write_text
-from product_cnn.data.cache import fingerprint
+from product_cnn.data.cache import default_cache_dir, fingerprint
 from product_cnn.data.folder import FolderTree, Sample
 from product_cnn.data.images import open_image, pil_to_tensor
+from product_cnn.data.same_photo import merge_groups
 from product_cnn.errors import DataError, ImageLoadError
 
 log = logging.getLogger(__name__)
@@ -158,12 +160,21 @@ class TreeCheck:
 
     infos: list[ImageInfo]
     bad: list[ImageInfo]  # unreadable files (left out when skipped)
-    groups: list[list[str]]  # near-duplicate groups among the readable files
+    groups: list[list[str]]  # near-duplicate groups among the readable files (difference hash)
     leaks: list[dict[str, list[str]]]  # pre-split trees: groups spread over several splits
+    same_photo: list[list[str]] = field(default_factory=list)  # groups by the finder's features
+    same_photo_rule: str = ""  # how the finder compares ("" when none ran)
+
+    @property
+    def all_groups(self) -> list[list[str]]:
+        """The hash's and the finder's groups, joined where they share a photo."""
+        return merge_groups(self.groups, self.same_photo) if self.same_photo else self.groups
 
 
-def check_tree(tree: FolderTree, cache_dir: str | Path | None, skip_bad: bool = False) -> TreeCheck:
-    """Decode every image of ``tree``; drop or refuse unreadable ones; find near-duplicates.
+def check_tree(tree: FolderTree, cache_dir: str | Path | None, skip_bad: bool = False,
+               same_photo: Any = None) -> TreeCheck:
+    """Decode every image of ``tree``; drop or refuse unreadable ones; find near-duplicates (by the
+    difference hash, and by ``same_photo``'s features when a finder is given).
 
     Raises :class:`DataError` listing the unreadable files unless ``skip_bad``; with it, they
     are removed from ``tree`` (in place) and listed in the log.
@@ -191,16 +202,19 @@ def check_tree(tree: FolderTree, cache_dir: str | Path | None, skip_bad: bool = 
         log.warning("Left out %d unreadable image(s) (data.skip_bad_images=true)", len(bad))
     good = [i for i in infos if i.error is None]
     groups = duplicate_groups(good)
-    leaks = []
+    found = TreeCheck(infos, bad, groups, [])
+    if same_photo is not None:
+        found.same_photo = same_photo.groups([i.path for i in good], cache_dir or default_cache_dir())
+        found.same_photo_rule = same_photo.describe() if same_photo.available() else ""
     if tree.presplit:
         split_of = {p: s for s, samples in tree.splits.items() for p, _ in samples}
-        for group in groups:
+        for group in found.all_groups:
             where: dict[str, list[str]] = {}
             for path in group:
                 where.setdefault(split_of[path], []).append(path)
             if len(where) > 1:
-                leaks.append(where)
-    return TreeCheck(infos, bad, groups, leaks)
+                found.leaks.append(where)
+    return found
 
 
 def check_report(check: TreeCheck, tree: FolderTree, splits: Mapping[str, Sequence[Sample]],
@@ -215,14 +229,21 @@ def check_report(check: TreeCheck, tree: FolderTree, splits: Mapping[str, Sequen
     lines += [f"  {i.path}: {i.error}" for i in check.bad]
     exact = exact_duplicate_groups(check.infos)
     lines.append(f"exact duplicates: {len(exact)} group(s) of {sum(map(len, exact))} files")
-    photos = sum(map(len, check.groups))
-    lines.append(f"near-duplicates: {len(check.groups)} group(s) of {photos} photos"
+    if check.same_photo_rule:
+        hashed = {p for g in check.groups for p in g}
+        new = sum(1 for g in check.same_photo for p in g if p not in hashed)
+        same = check.same_photo
+        lines.append(f"same photo in another crop ({check.same_photo_rule}): {len(same)} group(s) of "
+                     f"{sum(map(len, same))} photos, {new} of them missed by the difference hash")
+    groups = check.all_groups
+    photos = sum(map(len, groups))
+    lines.append(f"near-duplicates: {len(groups)} group(s) of {photos} photos"
                  + (", each kept within one split" if grouped and not tree.presplit else ""))
     split_of = {path: split for split, samples in splits.items() for path, _ in samples}
-    for group in check.groups[:show_groups]:
+    for group in groups[:show_groups]:
         lines.append("  " + "  ".join(f"{p} [{split_of.get(p, '-')}]" for p in group))
-    if len(check.groups) > show_groups:
-        lines.append(f"  ... {len(check.groups) - show_groups} more (show_groups=N)")
+    if len(groups) > show_groups:
+        lines.append(f"  ... {len(groups) - show_groups} more (show_groups=N)")
     if tree.presplit:
         lines.append(f"near-duplicates across splits (leakage): {len(check.leaks)} group(s)")
     return "\n".join(lines)

@@ -11,7 +11,6 @@ predict.py, serve.py, export.py, ensembles, k-fold CV and find_label_issues.py t
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Sequence
@@ -25,55 +24,20 @@ from omegaconf import DictConfig, open_dict
 from torch import nn
 from torch.utils.data import DataLoader
 
-from product_cnn.atomic import atomic_path
 from product_cnn.confidence.card import ConfidenceCard
 from product_cnn.confidence.neighbours import mix, neighbour_vote
 from product_cnn.confidence.novelty import BANK_SIZE, bank_rows, feature_bank, similarity
 from product_cnn.confidence.temperature import fit_temperature
-from product_cnn.data.cache import fingerprint
 from product_cnn.data.datamodule import ProductDataModule
 from product_cnn.data.dataset import ImageListDataset
+from product_cnn.data.feature_cache import FeatureCache
 from product_cnn.data.images import to_unit_float
 from product_cnn.errors import ProductCNNError
+from product_cnn.models.photo_features import network_key
 from product_cnn.training.calibrate import FALSE_UNKNOWN, MIN_HELDOUT, add_unknown, heldout_card, vote_share
 from product_cnn.training.trainer import build_trainer
 
 log = logging.getLogger(__name__)
-FEATURES_VERSION = 1  # bump when the way features are computed changes
-
-
-def network_key(net: nn.Module, image_size: Any, decode: str = "reduced") -> str:
-    """A short hash of the network's architecture, every backbone tensor, the input size and
-    how photos are decoded."""
-    digest = hashlib.sha256(f"{FEATURES_VERSION}\0{getattr(net, 'arch', type(net).__name__)}\0"
-                            f"{image_size}\0{decode}".encode())
-    for name, tensor in net.backbone.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:24]
-
-
-class FeatureCache:
-    """Pooled backbone features per photo, in ``<cache_dir>/features/<network key>.pt``."""
-
-    def __init__(self, cache_dir: str | Path, key: str) -> None:
-        self.path = Path(cache_dir) / "features" / f"{key}.pt"
-        self.entries: dict[str, torch.Tensor] = {}
-        if self.path.is_file():
-            try:
-                self.entries = dict(torch.load(self.path, map_location="cpu", weights_only=True))
-            except Exception:  # a damaged cache is recomputed, never trusted
-                log.warning("Feature cache %s cannot be read: recomputing it", self.path)
-        self.hits = self.misses = 0
-
-    @staticmethod
-    def photo_key(path: str) -> str:
-        return fingerprint([path], "features")
-
-    def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(self.path) as tmp:
-            torch.save(self.entries, tmp)
 
 
 @torch.inference_mode()

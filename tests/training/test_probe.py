@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
+from product_cnn.data.feature_cache import FeatureCache
 from product_cnn.data.images import load_image
 from product_cnn.inference.predictor import Predictor
 from product_cnn.tasks import train
-from product_cnn.training.probe import FeatureCache
 from tests.helpers import FAST, compose_cfg, write_image
 
 PROBE = ["experiment=probe", "data.image_size=32"]
@@ -122,7 +122,7 @@ def test_several_backbones_are_cached_one_by_one_and_the_checkpoint_and_exports_
 
     from product_cnn.inference.export import export
     from product_cnn.models.checkpoint import checkpoint_info, read_checkpoint
-    from product_cnn.training.probe import network_key
+    from product_cnn.models.photo_features import network_key
 
     root = tree_factory({"Bags": 8, "Cups": 8, "Pens": 8})
     cache = tmp_path / "cache"

@@ -27,7 +27,7 @@ BALANCES = ("none", "weighted_loss")
 # experiment=finetune set some): accepted and ignored, with a line in the log
 FIXED_BY_THE_SHARDS = {"root", "demo", "val_fraction", "test_fraction", "split_seed", "folds", "fold",
                        "relabel", "extra", "cache", "cache_memory_mb", "check", "skip_bad_images",
-                       "group_duplicates", "test_all", "demo_images_per_class", "demo_seed"}
+                       "group_duplicates", "same_photo", "test_all", "demo_images_per_class", "demo_seed"}
 
 
 class StreamingDataModule(CountedSplits, DeviceBatches, L.LightningDataModule):

@@ -128,7 +128,7 @@ def prepare_shards(photos: PhotoCatalogue, output: str, *, image_size: int, deco
     manifest = Manifest(class_names=names, store=store, image_size=image_size, decode=decode,
                         root=photos.root, how=photos.describe().splitlines()[0], counts=photos.counts(),
                         folds=folds if fold_of else None, fingerprint=fingerprint, bad=bad,
-                        near_duplicate_groups=len(photos.check.groups) if photos.check is not None else 0)
+                        near_duplicate_groups=len(photos.check.all_groups) if photos.check is not None else 0)
     write_text(join(output, MANIFEST), manifest.to_json(), storage_options)
     for path, reason in bad:
         log.warning("Left out (unreadable): %s: %s", path, reason)
