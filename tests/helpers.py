@@ -64,6 +64,9 @@ def compose_cfg(config_name: str, overrides: list[str], output_dir: Path, cache_
     return compose_config(config_name, overrides, output_dir, cache_dir)
 
 
+# the tiny drawn trees' photos of a class all look alike to a pretrained network: the same-photo
+# check would merge each class into one group (tests/data/test_same_photo.py turns it on)
+NO_SAME_PHOTO = "++data.same_photo=null"
 FAST = [  # small images, one CPU process, no progress bar: seconds per epoch
     "trainer.accelerator=cpu",
     "trainer.precision=32-true",  # the same arithmetic on every CI machine (auto: test_precision.py)
@@ -72,5 +75,5 @@ FAST = [  # small images, one CPU process, no progress bar: seconds per epoch
     "data.num_workers=0",
     "callbacks.rich_progress_bar=null",
     "callbacks.model_summary=null",
-    "++data.same_photo=null",  # the tiny drawn trees' photos all look alike: tests of it turn it on
+    NO_SAME_PHOTO,
 ]

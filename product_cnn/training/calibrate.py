@@ -101,7 +101,8 @@ def fit_confidence(model: L.LightningModule, datamodule: ProductDataModule, opti
     false_unknown = float(options.get("false_unknown", FALSE_UNKNOWN))
     add_unknown(card, bank, similarity(val_features, bank), false_unknown)
     card.bank_labels = train_labels[rows]
-    card.bank_paths = [str(train.samples[int(i)][0]) for i in rows]
+    samples = getattr(train, "samples", None)  # shards stream their photos: no paths to show
+    card.bank_paths = [str(samples[int(i)][0]) for i in rows] if samples is not None else None
     return card
 
 

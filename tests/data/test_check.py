@@ -20,7 +20,7 @@ from product_cnn.data.images import load_image, to_unit_float
 from product_cnn.data.samplers import EpochWeightedSampler
 from product_cnn.data.split import stratified_split
 from product_cnn.errors import DataError
-from tests.helpers import REPO, make_tree
+from tests.helpers import NO_SAME_PHOTO, REPO, make_tree
 
 
 def _jpeg_bytes(color=(200, 30, 30), size=(64, 48)) -> bytes:
@@ -253,7 +253,7 @@ def test_check_data_cli_prints_the_summary_and_fails_on_bad_files(tmp_path):
     root = make_tree(tmp_path / "photos", {"Bags": 10, "Cups": 10})
     (root / "Cups" / "broken.jpg").write_bytes(b"")
     proc = subprocess.run(
-        [sys.executable, str(REPO / "check_data.py"), "data=folder", f"data.root={root}",
+        [sys.executable, str(REPO / "check_data.py"), "data=folder", f"data.root={root}", NO_SAME_PHOTO,
          f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'out'}"],
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )

@@ -30,6 +30,8 @@ def test_a_bad_threshold_is_one_line():
 
     with pytest.raises(ProductCNNError, match=r"data.same_photo.threshold=1.5 must be in \(0, 1\]"):
         SamePhotoFinder(threshold=1.5)
+    with pytest.raises(ProductCNNError, match=r"data.same_photo.arch=resnet9: one of tf_efficientnet_lite0"):
+        SamePhotoFinder(arch="resnet9")
 
 
 def _copies(image: Image.Image) -> dict[str, Image.Image]:

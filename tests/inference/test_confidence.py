@@ -105,7 +105,7 @@ def test_min_confidence_routes_exactly_the_photos_under_it(tiny_run, calibrated,
     assert confidences == sorted(confidences)  # most doubtful first
     page = (out.parent / "review.html").read_text()
     assert f"Needs review: {len(below)} photos" in page
-    assert page.count("data:image/jpeg;base64,") == len(below)
+    assert page.count("data:image/jpeg;base64,") == 4 * len(below)  # each photo and its 3 nearest
     assert _sha(photos) == before  # the photos themselves are untouched
 
 

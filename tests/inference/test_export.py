@@ -43,15 +43,20 @@ def test_torchscript_export_matches_the_lightning_model(tiny_run, tmp_path, batc
 
 
 def test_the_export_carries_the_whole_answer(tiny_run, batch):
-    """Probabilities, the pooled features and the "none of these" similarity, as the checkpoint's
-    Predictor computes them (the bank is inside the model; the threshold in the sidecar)."""
+    """Probabilities, the pooled features, the "none of these" similarity and the nearest training
+    photos, as the checkpoint's Predictor computes them (the bank is inside the model; the
+    threshold and the photos' names in the sidecar)."""
     from product_cnn.models.checkpoint import checkpoint_info, read_checkpoint
     from product_cnn.models.penultimate import Penultimate
 
     model, meta = load_for_export(tiny_run["best"])
-    probs, features, sims = model(batch)
+    probs, features, sims, nearest, nearest_sims = model(batch)
     predictor = Predictor.from_checkpoint(tiny_run["best"], device="cpu", precision="32")
-    want_probs, want_sims = predictor.scores(batch)
+    want_probs, want_sims, found = predictor.evidence(batch)
+    assert [[row for row, *_ in photo] for photo in found] == nearest.tolist()
+    assert [meta["nearest"]["photo"][row] for row, *_ in found[0]] == [photo for _, _, photo, _ in found[0]]
+    torch.testing.assert_close(nearest_sims, torch.tensor([[s for *_, s in photo] for photo in found]),
+                               atol=1e-5, rtol=0)
     assert predictor.gate.unknown_threshold is not None and want_sims is not None
     torch.testing.assert_close(probs, want_probs, atol=1e-5, rtol=0)
     torch.testing.assert_close(sims, want_sims, atol=1e-5, rtol=0)
@@ -60,7 +65,7 @@ def test_the_export_carries_the_whole_answer(tiny_run, batch):
     torch.testing.assert_close(features, grab.take(), atol=1e-5, rtol=0)
     card = checkpoint_info(read_checkpoint(tiny_run["best"])).card
     assert meta["outputs"] == {"probabilities": ["N", 3], "features": ["N", features.shape[1]],
-                               "similarity": ["N"]}
+                               "similarity": ["N"], "nearest": ["N", 3], "nearest_similarity": ["N", 3]}
     assert meta["calibration"]["unknown_threshold"] == card.unknown_threshold
     assert meta["precision"] == "32"  # tiny_run trains with trainer.precision=32-true
 

@@ -19,7 +19,7 @@ import torch
 from product_cnn.inference.predictor import Predictor
 from product_cnn.models.keras_import import KerasImportError
 from product_cnn.training.keras_checkpoint import import_keras
-from tests.helpers import REPO, compose_cfg, make_tree
+from tests.helpers import NO_SAME_PHOTO, REPO, compose_cfg, make_tree
 
 FIXTURES = REPO / "tests" / "fixtures" / "keras"
 NAMES = ["Accessories", "Artifacts", "Fashion", "Home", "Stationary"]
@@ -86,8 +86,9 @@ def test_the_imported_checkpoint_works_with_eval_predict_export_and_train(expect
     images, probs = expected
     assert np.abs(script(images)[0].detach().numpy() - probs).max() < 1e-5
     cfg = compose_cfg("train", ["trainer.accelerator=cpu", "data=folder", f"data.root={photos}",
-                                "data.image_size=64", "data.batch_size=8", "trainer.max_epochs=1",
-                                f"ckpt_path={ckpt}", "callbacks.rich_progress_bar=null"],
+                                NO_SAME_PHOTO, "data.image_size=64", "data.batch_size=8",
+                                "trainer.max_epochs=1", f"ckpt_path={ckpt}",
+                                "callbacks.rich_progress_bar=null"],
                       tmp_path / "t", tmp_path / "c")
     metrics = train(cfg)  # fine-tuning goes on from the Keras weights
     assert np.isfinite(metrics["train/loss"]) and 0 <= metrics["test/acc"] <= 1

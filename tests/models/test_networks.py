@@ -11,7 +11,7 @@ from product_cnn.errors import CheckpointError, ProductCNNError
 from product_cnn.inference.predictor import Predictor
 from product_cnn.models.networks import TORCHVISION, build_network
 from product_cnn.tasks import evaluate, train
-from tests.helpers import CONF_DIR, compose_cfg
+from tests.helpers import CONF_DIR, NO_SAME_PHOTO, compose_cfg
 
 ONE_BATCH = ["trainer.max_epochs=1", "+trainer.limit_train_batches=1", "+trainer.limit_val_batches=1",
              "data.image_size=32"]
@@ -66,8 +66,9 @@ def test_resuming_with_another_architecture_is_refused_in_one_line(train_cfg, tr
     cfg = train_cfg("model=mobilenet_v3_small", "data=folder", f"data.root={root}", *ONE_BATCH, "test=false")
     train(cfg)
     last = Path(cfg.paths.output_dir, "checkpoints", "last.ckpt")
-    other = compose_cfg("train", ["trainer.accelerator=cpu", "data=folder", f"data.root={root}", *ONE_BATCH,
-                                  "model=resnet18", f"ckpt_path={last}"], tmp_path / "again", tmp_path / "c")
+    other = compose_cfg("train", ["trainer.accelerator=cpu", "data=folder", f"data.root={root}",
+                                  NO_SAME_PHOTO, *ONE_BATCH, "model=resnet18", f"ckpt_path={last}"],
+                        tmp_path / "again", tmp_path / "c")
     with pytest.raises(CheckpointError, match=r"is a mobilenet_v3_small network, not resnet18"):
         train(other)
 

@@ -14,7 +14,7 @@ import torch
 from product_cnn.errors import CheckpointError, ProductCNNError
 from product_cnn.models.networks import build_network
 from product_cnn.models.pretrained import LITE_PACKAGES, lite_to_timm, packaged_weights, read_state_dict
-from tests.helpers import REPO
+from tests.helpers import NO_SAME_PHOTO, REPO
 
 LITES = sorted(LITE_PACKAGES)
 
@@ -131,7 +131,7 @@ def test_hub_weights_without_network_exit_2_with_one_line(tmp_path, tree_factory
     root = tree_factory({"Bags": 4, "Cups": 4})
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
     result = subprocess.run([sys.executable, str(REPO / "train.py"), "data=folder", f"data.root={root}",
-                             "model.arch=mobilenetv3_small_050", "model.pretrained=true",
+                             NO_SAME_PHOTO, "model.arch=mobilenetv3_small_050", "model.pretrained=true",
                              "trainer.accelerator=cpu", f"hydra.run.dir={tmp_path}/run"],
                             capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert result.returncode == 2, result.stderr[-2000:]

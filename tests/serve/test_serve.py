@@ -188,7 +188,7 @@ def test_info_describes_the_model(server, tiny_run):
     assert info["gate"]["unknown_threshold"] == pytest.approx(card.unknown_threshold)
     assert info["gate"]["min_confidence"] is None
     if importlib.util.find_spec("openvino"):  # backend=auto: the checkpoint's cached export answers
-        assert info["backend"] == "openvino" and info["export"].endswith("-v2.xml")
+        assert info["backend"] == "openvino" and info["export"].endswith("-v3.xml")
 
 
 def _children(pid: int) -> set[int]:

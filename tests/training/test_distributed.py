@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from product_cnn.tasks import evaluate
-from tests.helpers import REPO, compose_cfg, make_tree
+from tests.helpers import NO_SAME_PHOTO, REPO, compose_cfg, make_tree
 
-TINY = ["data=folder", "data.image_size=32", "data.batch_size=4", "trainer.accelerator=cpu",
+TINY = ["data=folder", NO_SAME_PHOTO, "data.image_size=32", "data.batch_size=4", "trainer.accelerator=cpu",
         "callbacks.rich_progress_bar=null", "callbacks.model_summary=null"]
 
 

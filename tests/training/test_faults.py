@@ -20,9 +20,9 @@ from product_cnn.models.checkpoint import read_checkpoint
 from product_cnn.tasks import train
 from product_cnn.training.checkpoint_io import AtomicCheckpointIO
 from product_cnn.training.outdir import check_writable
-from tests.helpers import REPO, make_tree
+from tests.helpers import NO_SAME_PHOTO, REPO, make_tree
 
-TINY = ["data=folder", "data.image_size=32", "data.batch_size=8", "trainer.accelerator=cpu",
+TINY = ["data=folder", NO_SAME_PHOTO, "data.image_size=32", "data.batch_size=8", "trainer.accelerator=cpu",
         "callbacks.rich_progress_bar=null", "callbacks.model_summary=null"]
 
 
