@@ -122,6 +122,7 @@ def test_predictions_and_review_page_name_the_nearest_training_photos(voting_pro
     assert page.count('<figure title="') == 3 * held and page.count("data:image/jpeg;base64,") == 4 * held
 
 
+@pytest.mark.slow  # a server (about 20 s); CI runs the slow tests too
 def test_the_server_answers_with_the_same_mixture(voting_probe, tmp_path):
     from tests.serve.test_serve import Server, httpx
 
