@@ -13,7 +13,7 @@ import hashlib
 import json
 import logging
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,7 +25,7 @@ from product_cnn.atomic import write_text
 from product_cnn.data.cache import default_cache_dir, fingerprint
 from product_cnn.data.folder import FolderTree, Sample
 from product_cnn.data.images import open_image, pil_to_tensor
-from product_cnn.data.same_photo import merge_groups
+from product_cnn.data.same_photo import connected_groups, merge_groups
 from product_cnn.errors import DataError, ImageLoadError
 
 log = logging.getLogger(__name__)
@@ -99,33 +99,22 @@ def duplicate_groups(infos: Sequence[ImageInfo], max_bits: int = NEAR_DUPLICATE_
     number of images, which is fine up to some tens of thousands of photos.
     """
     good = [i for i in infos if i.error is None]
-    parent = list(range(len(good)))
 
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
+    def links() -> Iterator[tuple[int, int]]:
+        first_with: dict[str, int] = {}
+        for index, info in enumerate(good):
+            if info.sha256 in first_with:
+                yield index, first_with[info.sha256]
+            first_with.setdefault(info.sha256, index)
+        if good:
+            bits = np.unpackbits(np.array([np.frombuffer(bytes.fromhex(i.dhash), np.uint8) for i in good]),
+                                 axis=1).astype(bool)
+            for index in range(len(good) - 1):
+                distance = (bits[index] != bits[index + 1:]).sum(1)
+                for other in np.nonzero(distance <= max_bits)[0]:
+                    yield index, index + 1 + int(other)
 
-    def union(a: int, b: int) -> None:
-        parent[find(a)] = find(b)
-
-    first_with: dict[str, int] = {}
-    for index, info in enumerate(good):
-        if info.sha256 in first_with:
-            union(index, first_with[info.sha256])
-        first_with.setdefault(info.sha256, index)
-    if good:
-        bits = np.unpackbits(np.array([np.frombuffer(bytes.fromhex(i.dhash), np.uint8) for i in good]),
-                             axis=1).astype(bool)
-        for index in range(len(good) - 1):
-            distance = (bits[index] != bits[index + 1:]).sum(1)
-            for other in np.nonzero(distance <= max_bits)[0]:
-                union(index, index + 1 + int(other))
-    groups: dict[int, list[str]] = {}
-    for index, info in enumerate(good):
-        groups.setdefault(find(index), []).append(info.path)
-    return sorted(sorted(g) for g in groups.values() if len(g) > 1)
+    return connected_groups([i.path for i in good], links())
 
 
 def exact_duplicate_groups(infos: Sequence[ImageInfo]) -> list[list[str]]:
