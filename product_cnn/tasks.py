@@ -106,20 +106,20 @@ def predict(cfg: DictConfig) -> int:
 
     tune_malloc()
     plan = plan_parts(rank=cfg.get("rank"), world_size=cfg.get("world_size"), parts=cfg.get("parts"),
-                      output=cfg.output, run_dir=cfg.paths.output_dir)
+                      output=cfg.output, run_dir=cfg.paths.output_dir, explain=cfg.explain)
     predictor = open_predictor(
         cfg.ckpt_path, runtime=cfg.get("runtime", "auto"), device=process_device(cfg.device, plan.world),
         batch_size=cfg.batch_size, num_workers=0 if is_shards(cfg.inputs) else cfg.num_workers,  # read here
         tta=cfg.get("tta", "none"), gate=GateOptions.from_config(cfg), precision=cfg.get("precision", "auto"),
-        cache_dir=cfg.paths.cache_dir, min_agreement=cfg.get("int8_min_agreement"))
+        cache_dir=cfg.paths.cache_dir, min_agreement=cfg.get("int8_min_agreement"), explain=cfg.explain)
     files = photo_inputs(cfg.inputs, predictor.image_size)  # shards: checked against the model's size
     log.info("Classifying %d %s with %s on %s (%s)", len(files), "shard item(s)" if is_shards(cfg.inputs)
              else "file(s)", predictor.describe(cfg.ckpt_path), predictor.device, predictor.gate.describe())
     if plan.part_size:  # catalogue scale: this rank's parts, merged by the last rank to finish
-        log.info("In parts of %d photos: rank %d of %d", plan.part_size, plan.rank, plan.world)
         return predict_in_parts(predictor, files, cfg.output, topk=cfg.topk, part_size=plan.part_size,
                                 rank=plan.rank, world_size=plan.world, sort_dir=cfg.get("sort_into"))[1]
-    predictions = predictor.predict(files, topk=cfg.topk, progress=len(files) > cfg.batch_size)
+    predictions = predictor.predict(files, topk=cfg.topk, progress=len(files) > cfg.batch_size,
+                                    explain=Path(cfg.output).parent / "explain" if cfg.explain else None)
     save_predictions(predictions, cfg.output, cfg.topk, sort_dir=cfg.get("sort_into"), gate=predictor.gate)
     return sum(not p.ok for p in predictions)
 

@@ -255,7 +255,12 @@ class ExportedPredictor:
                     yield Prediction(source, verdict or ranked[0][0], ranked[0][1], ranked, verdict=verdict,
                                      similarity=sim, nearest=near)
 
-    def predict(self, images: Sequence[str], topk: int = 3, progress: bool = False) -> list[Prediction]:
-        """Classify photo files; ``progress`` shows a bar for long lists."""
+    def predict(self, images: Sequence[str], topk: int = 3, progress: bool = False,
+                explain: str | Path | None = None) -> list[Prediction]:
+        """Classify photo files; ``progress`` shows a bar for long lists. No heatmaps (``explain``):
+        an exported model has no gradients."""
+        if explain is not None:
+            raise ProductCNNError("explain=true needs the checkpoint in PyTorch: exported models have no "
+                                  "gradients; give ckpt_path=<the .ckpt>")
         images = [images] if isinstance(images, (str, Path)) else list(images)
         return collect(self.iter_predict(images, topk), len(images), progress)

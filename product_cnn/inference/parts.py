@@ -48,10 +48,14 @@ class PartsPlan:
 
 
 def plan_parts(*, rank: int | None, world_size: int | None, parts: int | None, output: str | Path,
-               run_dir: str | Path) -> PartsPlan:
+               run_dir: str | Path, explain: bool = False) -> PartsPlan:
     """Parts of ``parts`` photos (10,000 by default when several processes share the work); refuses a
-    per-run ``output`` under several processes (each has its own run folder ``run_dir``)."""
+    per-run ``output`` under several processes (each has its own run folder ``run_dir``), and
+    heatmaps (``explain``) in parts."""
     rank, world = rank_and_world(rank, world_size)
+    if explain and (parts or world > 1):
+        raise ProductCNNError("explain=true writes a heatmap per photo: classify without parts= (and one "
+                              "process), or explain a sample of the photos")
     if world > 1 and str(Path(output).parent) == str(Path(run_dir)):
         raise ProductCNNError(f"{world} processes each have their own run folder: give them one output, "
                               "e.g. output=/shared/predictions.csv")
@@ -95,6 +99,7 @@ def predict_in_parts(predictor: Any, inputs: Sequence[Any], output: str | Path, 
                                   "output")
     else:
         write_text(plan_file, json.dumps(plan, indent=1))  # every rank writes the same plan
+    log.info("In parts of %d photos: rank %d of %d", part_size, rank, world_size)
     mine = [i for i in range(plan["parts"]) if i % world_size == rank]
     done = [i for i in mine if part_path(directory, i).is_file()]
     if done:

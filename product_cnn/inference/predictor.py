@@ -115,6 +115,15 @@ class Predictor:
         first = self.cards[0] if self.cards else None  # the nearest training photos, as evidence
         self._evidence = (Penultimate(members[0]), first) if first and first.shows_photos else None
 
+    @property
+    def explain_net(self) -> nn.Module:
+        """The network whose logits a heatmap explains: the (first) checkpoint's own, without the
+        temperature and the nearest photos' vote (neither moves where it looked)."""
+        net = self.net.nets[0] if isinstance(self.net, ProbabilityAverage) else self.net
+        while isinstance(net, (NeighbourMixed, TemperatureScaled)):
+            net = net.net
+        return net
+
     @classmethod
     def from_checkpoint(cls, path: str | Path | Sequence[str | Path], *, device: str = "auto",
                         batch_size: int = 32, num_workers: int = 0, tta: str = "none",
@@ -210,9 +219,16 @@ class Predictor:
         return str(ckpt_path)
 
     def predict(self, images: ImageInput | Sequence[ImageInput], topk: int = 3,
-                progress: bool = False) -> list[Prediction]:
-        """Classify paths and/or PIL images; ``progress`` shows a bar for long lists."""
+                progress: bool = False, explain: str | Path | None = None) -> list[Prediction]:
+        """Classify paths and/or PIL images; ``progress`` shows a bar for long lists; ``explain``: a
+        folder for each photo's heatmap (:mod:`product_cnn.inference.explain`), linked from its result."""
         if isinstance(images, (str, Path, Image.Image)):
             images = [images]
         images = list(images)
-        return collect(self.iter_predict(images, topk), len(images), progress)
+        predictions = collect(self.iter_predict(images, topk), len(images), progress)
+        if explain is not None:
+            from product_cnn.inference.explain import write_heatmaps
+
+            written = write_heatmaps(self, predictions, images, explain)
+            log.info("Heatmaps (where the network looked, Grad-CAM): %d in %s", written, explain)
+        return predictions

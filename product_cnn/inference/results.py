@@ -38,6 +38,7 @@ class Prediction:
     verdict: str | None = None  # unsure | unknown | None (filed)
     similarity: float | None = None
     nearest: list[tuple[str, str, float]] = field(default_factory=list)  # (category, photo, similarity)
+    heatmap: str | None = None  # explain=true: the overlay PNG of where the network looked
 
     @property
     def ok(self) -> bool:
@@ -62,7 +63,7 @@ def collect(predictions: Iterator[Prediction], total: int, progress: bool = Fals
 def predictions_table(predictions: Sequence[Prediction], topk: int) -> tuple[list[str], list[list]]:
     """CSV header and rows: path, category (``unsure``/``unknown`` when held back), confidence,
     top-k categories and probabilities, the similarity (when scored), the nearest training photos
-    (category, photo, similarity; when the checkpoint names them), error."""
+    (category, photo, similarity; when the checkpoint names them), the heatmap (explain=true), error."""
     header = ["path", "category", "confidence"]
     for k in range(1, topk + 1):
         header += [f"top{k}_category", f"top{k}_prob"]
@@ -71,6 +72,8 @@ def predictions_table(predictions: Sequence[Prediction], topk: int) -> tuple[lis
     shown = max((len(p.nearest) for p in predictions), default=0)
     for k in range(1, shown + 1):
         header += [f"nearest{k}_category", f"nearest{k}_photo", f"nearest{k}_similarity"]
+    explained = any(p.heatmap for p in predictions)
+    header += ["heatmap"] if explained else []
     header += ["error"]
     rows = []
     for p in predictions:
@@ -79,7 +82,9 @@ def predictions_table(predictions: Sequence[Prediction], topk: int) -> tuple[lis
         confidence = f"{p.confidence:.6f}" if p.confidence is not None else ""
         similarity = ([f"{p.similarity:.6f}" if p.similarity is not None else ""] if scored else [])
         near = [str(cell) for item in p.nearest for cell in item] + [""] * (3 * (shown - len(p.nearest)))
-        rows.append([p.source, p.category or "", confidence, *ranked, *similarity, *near, p.error or ""])
+        heatmap = [p.heatmap or ""] if explained else []
+        rows.append([p.source, p.category or "", confidence, *ranked, *similarity, *near, *heatmap,
+                     p.error or ""])
     return header, rows
 
 

@@ -65,8 +65,11 @@ def review_html(items: Sequence[Any], gate: str, side: int = 160) -> str:
         why = "none of these (unknown)" if p.verdict == UNKNOWN else "unsure"
         ranked = "".join(f"<div>{html.escape(name)} {prob:.3f}</div>" for name, prob in p.topk[:3])
         score = f"<div>similarity {p.similarity:.3f}</div>" if p.similarity is not None else ""
-        cards.append(f'<div class="card {p.verdict}">{image}<div class="why">{why}</div>{ranked}{score}'
-                     f'{_nearest(p.nearest)}<div class="path">{html.escape(p.source)}</div></div>')
+        heat = thumbnail_uri(p.heatmap, side) if p.heatmap else None
+        where = f'<img src="{heat}" alt="where the network looked" title="where the network looked">' \
+            if heat else ""
+        cards.append(f'<div class="card {p.verdict}">{image}{where}<div class="why">{why}</div>{ranked}'
+                     f'{score}{_nearest(p.nearest)}<div class="path">{html.escape(p.source)}</div></div>')
     intro = (f"Held back by: {html.escape(gate)}. To train on them, correct the <code>label</code> column of "
              "<code>review.csv</code> (a class, or <code>exclude</code> to leave a photo out) and run "
              "<code>python train.py data.extra=review.csv</code>: the photos themselves are never changed.")

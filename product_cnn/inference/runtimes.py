@@ -168,9 +168,17 @@ def _int8_model(ckpt_path: Any, runtime: str, cache_dir: str | Path,
 def open_predictor(ckpt_path: Any, *, runtime: str = "auto", device: str = "auto", batch_size: int = 32,
                    num_workers: int = 0, tta: str = "none", gate: GateOptions | None = None,
                    precision: str = "auto", cache_dir: str | Path | None = None,
-                   min_agreement: float | None = None) -> Any:
+                   min_agreement: float | None = None, explain: bool = False) -> Any:
     """A predictor for ``ckpt_path`` (one or several checkpoints, or an exported model file) on the
-    runtime :func:`runtime_model` picks."""
+    runtime :func:`runtime_model` picks; ``explain`` (heatmaps need gradients): the checkpoint in
+    PyTorch, a one-line error for an exported model or runtime."""
+    if explain:
+        if runtime not in ("auto", "torch") or is_exported(ckpt_path) or precision == "int8":
+            raise ProductCNNError("explain=true needs the checkpoint in PyTorch: exported models (ONNX "
+                                  "Runtime, OpenVINO, int8) have no gradients; give ckpt_path=<the .ckpt>")
+        if runtime == "auto":
+            log.info("explain=true: the checkpoint runs in PyTorch (heatmaps need its gradients)")
+        runtime = "torch"
     model, _ = runtime_model(ckpt_path, runtime=runtime, device=device, precision=precision,
                              cache_dir=cache_dir, min_agreement=min_agreement)
     if is_exported(model):
