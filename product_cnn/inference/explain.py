@@ -75,8 +75,10 @@ class Explainer:
         return (up / peak[:, None, None]).cpu()
 
 
-def overlay(photo: str | Path | Image.Image, heatmap: torch.Tensor, side: int = OVERLAY_SIDE) -> Image.Image:
-    """The photo (upright, RGB, its longer side at most ``side``) with ``heatmap`` (``(H, W)`` in
+def overlay(photo: str | Path | bytes | Image.Image, heatmap: torch.Tensor,
+            side: int = OVERLAY_SIDE) -> Image.Image:
+    """The photo (a file, its bytes or an image; upright, RGB, its longer side at most ``side``) with
+    ``heatmap`` (``(H, W)`` in
     [0, 1], stretched to the photo as the network's input was) blended over it in the jet colours."""
     from matplotlib import colormaps
 

@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse
 
 from product_cnn.runtime import tune_malloc
 from product_cnn.serve.backends import ModelInfo, load_backend
-from product_cnn.serve.uploads import BadRequest, Photos, decode_photos, read_request
+from product_cnn.serve.uploads import BadRequest, Photos, decode_photos, read_request, wants_explain
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,8 @@ class ClassifierAPI(ls.LitAPI):
     """``POST /predict``: photos in, ``{"category", "confidence", "topk"}`` out (a list for several);
     a photo the gate holds back answers ``"category": null`` with ``"unsure": true`` or
     ``"unknown": true``, its top-k kept; ``"nearest"`` lists the most similar training photos when
-    the model names them."""
+    the model names them; ``explain=1`` (a form field or JSON key) adds ``"heatmap"``, a PNG data URI
+    of where the network looked (Grad-CAM of its top category, in PyTorch)."""
 
     def __init__(self, info: ModelInfo, ckpt_path: str | None, onnx_path: str | None, *, topk: int = 3,
                  max_files: int = 16, max_bytes: int = 20 * 2**20, api_key: str | None = None,
@@ -61,7 +62,16 @@ class ClassifierAPI(ls.LitAPI):
         files = read_request(request, self.max_files, self.max_bytes)
         if isinstance(files, BadRequest):
             return files
-        return decode_photos(files, self.info.image_size, several=len(files) > 1, decode=self.info.decode)
+        explain = wants_explain(request)
+        if isinstance(explain, BadRequest):
+            return explain
+        if explain and not self.info.explains:
+            return BadRequest(400, "explain=1 needs the checkpoint (heatmaps need its gradients): this "
+                                   "server runs an exported model alone; start it with ckpt_path=<the .ckpt>")
+        photos = decode_photos(files, self.info.image_size, several=len(files) > 1, decode=self.info.decode)
+        if isinstance(photos, Photos):
+            photos.explain = explain
+        return photos
 
     def batch(self, inputs: list[Photos | BadRequest]) -> list[Photos | BadRequest]:
         return inputs  # kept apart: predict() runs the good photos of all of them at once
@@ -78,8 +88,10 @@ class ClassifierAPI(ls.LitAPI):
         for item in items:
             if isinstance(item, Photos):
                 end = start + len(item.images)
+                heatmaps = self.backend.heatmaps.pngs(item.images, probs[start:end].argmax(1).tolist(),
+                                                      item.data) if item.explain else None
                 answers.append((item, probs[start:end], None if sims is None else sims[start:end],
-                                None if found is None else found[start:end]))
+                                None if found is None else found[start:end], heatmaps))
                 start = end
             else:
                 answers.append(item)
@@ -88,7 +100,7 @@ class ClassifierAPI(ls.LitAPI):
     def encode_response(self, output: Any) -> JSONResponse:
         if isinstance(output, BadRequest):
             return JSONResponse({"error": output.reason}, status_code=output.status)
-        photos, probs, sims, found = output
+        photos, probs, sims, found, heatmaps = output
         names = self.info.class_names
         results = []
         for n, row in enumerate(probs):
@@ -105,5 +117,7 @@ class ClassifierAPI(ls.LitAPI):
             if found is not None:  # the nearest training photos: GET /photo/<row> shows one
                 result["nearest"] = [{"category": category, "similarity": sim_, "photo": f"/photo/{row}"}
                                      for row, category, _, sim_ in found[n]]
+            if heatmaps is not None:  # explain=1: where the network looked, over the photo sent
+                result["heatmap"] = heatmaps[n]
             results.append(result)
         return JSONResponse(results if photos.several else results[0])

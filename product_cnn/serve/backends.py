@@ -42,6 +42,7 @@ class ModelInfo:
     decode: str = "full"  # how the photos were decoded in training (data.decode)
     export: str | None = None  # backend=auto: the checkpoint's cached export that answers
     photos: list[str] | None = None  # the training photo of each bank row (GET /photo/<row>)
+    explains: bool = False  # heatmaps on request (explain=1): the checkpoint is at hand
 
     def as_dict(self) -> dict[str, Any]:
         from importlib.metadata import PackageNotFoundError, version
@@ -57,7 +58,8 @@ class ModelInfo:
                 "unknown_threshold": self.gate.unknown_threshold, "rule": self.gate.describe()}
         return {"class_names": self.class_names, "architecture": self.arch, "input_size": [height, width],
                 "model_file": self.model_file, "sha256": self.sha256, "backend": self.backend,
-                "export": self.export, "version": project, "calibration": calibration, "gate": gate}
+                "export": self.export, "version": project, "calibration": calibration, "gate": gate,
+                "explain": self.explains}
 
 
 def resolve_backend(backend: str, ckpt_path: str | None, exported_path: str | None, *, device: str,
@@ -82,6 +84,7 @@ def model_info(backend: str, ckpt_path: str | None, onnx_path: str | None, *,
     """Class names, architecture, input size and the gate of what will be served; a one-line error
     if unusable (a target accuracy the held-out photos do not reach, too)."""
     info = _model_info(backend, ckpt_path, onnx_path)
+    info.explains = bool(ckpt_path) and not str(ckpt_path).endswith(tuple(EXPORTED.values()))
     similarity = backend == "torch" or "similarity" in read_sidecar(onnx_path).get("outputs", {})
     info.gate = (gate or GateOptions()).build([info.card], unknown=similarity)
     return info
@@ -115,6 +118,34 @@ def _model_info(backend: str, ckpt_path: str | None, onnx_path: str | None) -> M
                      file_digest(ckpt_path), info.card, decode=info.decode, photos=photos)
 
 
+class Heatmaps:
+    """Grad-CAM overlays of the checkpoint (:mod:`product_cnn.inference.explain`), in PyTorch
+    whatever runtime answers: made on the first ``explain=1`` request."""
+
+    def __init__(self, ckpt_path: str, predictor: Any = None) -> None:
+        self.ckpt_path, self.predictor, self.explainer = ckpt_path, predictor, None
+
+    def pngs(self, images: torch.Tensor, targets: list[int], photos: list[bytes]) -> list[str]:
+        """A PNG data URI per photo: its heatmap for class index ``targets[i]`` over the photo sent."""
+        import base64
+        import io
+
+        from product_cnn.inference.explain import Explainer, overlay
+
+        if self.explainer is None:
+            from product_cnn.inference.predictor import Predictor
+
+            predictor = self.predictor or Predictor.from_checkpoint(self.ckpt_path, device="cpu",
+                                                                    gate=GateOptions(unknown=False))
+            self.explainer = Explainer(predictor.explain_net, image_hw(predictor.image_size))
+        uris = []
+        for heat, data in zip(self.explainer.maps(images, targets), photos, strict=True):
+            buffer = io.BytesIO()
+            overlay(data, heat).save(buffer, format="PNG")
+            uris.append("data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii"))
+        return uris
+
+
 class TorchBackend:
     """The checkpoint's network through :class:`~product_cnn.inference.predictor.Predictor` (BN folded)."""
 
@@ -123,6 +154,7 @@ class TorchBackend:
 
         gate = GateOptions(unknown=unknown)
         self.predictor = Predictor.from_checkpoint(ckpt_path, device=device, gate=gate)
+        self.heatmaps = Heatmaps(ckpt_path, self.predictor)
 
     def evidence(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None, list[list] | None]:
         """(probabilities, similarity or None, each photo's nearest training photos or None)."""
@@ -135,8 +167,9 @@ class ExportedBackend:
     runtime and precision (the checkpoint's own), and the "none of these" similarity when the
     export carries it."""
 
-    def __init__(self, model_path: str, unknown: bool = True) -> None:
+    def __init__(self, model_path: str, unknown: bool = True, ckpt_path: str | None = None) -> None:
         self.predictor = ExportedPredictor(model_path, gate=GateOptions(unknown=unknown))
+        self.heatmaps = Heatmaps(ckpt_path) if ckpt_path else None  # exports have no gradients
 
     def evidence(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None, list[list] | None]:
         """(probabilities, similarity or None, each photo's nearest training photos or None)."""
@@ -146,5 +179,5 @@ class ExportedBackend:
 def load_backend(backend: str, ckpt_path: str | None, onnx_path: str | None, *, device: str,
                  unknown: bool = True) -> Any:
     if backend in EXPORTED:
-        return ExportedBackend(onnx_path, unknown)
+        return ExportedBackend(onnx_path, unknown, ckpt_path)
     return TorchBackend(ckpt_path, device, unknown)

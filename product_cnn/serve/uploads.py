@@ -35,6 +35,8 @@ class Photos:
     images: torch.Tensor  # (k, 3, H, W) uint8
     names: list[str]
     several: bool
+    explain: bool = False  # explain=1: a heatmap of each photo in the answer
+    data: list[bytes] | None = None  # the bytes sent (the heatmaps are drawn on them)
 
 
 def _file_fields(form: Any) -> list[Any]:
@@ -70,6 +72,20 @@ def read_request(payload: Any, max_files: int, max_bytes: int) -> list[tuple[str
     return files
 
 
+EXPLAIN_VALUES = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False, "": False}
+
+
+def wants_explain(payload: Any) -> bool | BadRequest:
+    """Whether the request asks for heatmaps: the form field or JSON key ``explain`` (1/true/yes)."""
+    value = payload.get("explain") if hasattr(payload, "get") else None
+    if value is None:
+        return False
+    text = str(value).strip().lower()
+    if text not in EXPLAIN_VALUES:
+        return BadRequest(400, f"explain={value!r}: 1 (a heatmap of each photo) or 0")
+    return EXPLAIN_VALUES[text]
+
+
 def decode_photos(files: list[tuple[str, bytes]], image_size: ImageSize,
                   several: bool, decode: str = "reduced") -> Photos | BadRequest:
     """Decode every photo the way training did, or name the first that cannot be read."""
@@ -82,4 +98,4 @@ def decode_photos(files: list[tuple[str, bytes]], image_size: ImageSize,
             status = 413 if "decompression-bomb" in (err.reason or "") else 415 if "not an image" in (
                 err.reason or "") else 400
             return BadRequest(status, f"{where}: {err.reason}")
-    return Photos(torch.stack(images), [name for name, _ in files], several)
+    return Photos(torch.stack(images), [name for name, _ in files], several, data=[d for _, d in files])

@@ -129,6 +129,30 @@ def test_the_nearest_training_photos_are_served_as_thumbnails(server, tiny_run, 
     assert missing.status_code == 404 and "no training photo 100000" in missing.json()["error"]
 
 
+def test_explain_1_returns_a_heatmap_of_the_photo_sent_and_only_then(server, tiny_run, photos):
+    from product_cnn.inference.explain import Explainer
+
+    with photos[0].open("rb") as handle:
+        got = httpx.post(f"{server.url}/predict", files={"file": ("p.jpg", handle, "image/jpeg")},
+                         data={"explain": "1"}, headers=AUTH, timeout=60).json()
+    assert got["heatmap"].startswith("data:image/png;base64,")
+    shown = Image.open(io.BytesIO(base64.b64decode(got["heatmap"].split(",", 1)[1])))
+    with Image.open(photos[0]) as photo:
+        assert shown.format == "PNG" and shown.size == photo.size  # drawn over the photo sent
+    predictor = Predictor.from_checkpoint(tiny_run["best"], device="cpu")
+    from product_cnn.data.images import load_image
+
+    image = load_image(photos[0], predictor.image_size)[None]
+    target = predictor.class_names.index(got["topk"][0][0])
+    assert Explainer(predictor.explain_net, (64, 64)).maps(image, [target]).max() == pytest.approx(1.0)
+    assert "heatmap" not in _post_file(server.url, photos[0]).json()  # never by default
+    with photos[0].open("rb") as handle:
+        bad = httpx.post(f"{server.url}/predict", files={"file": ("p.jpg", handle, "image/jpeg")},
+                         data={"explain": "maybe"}, headers=AUTH, timeout=60)
+    assert bad.status_code == 400 and "explain='maybe'" in bad.json()["error"]
+    assert httpx.get(f"{server.url}/info", headers=AUTH).json()["explain"] is True
+
+
 def _bomb() -> bytes:
     buffer = io.BytesIO()
     Image.new("1", (12000, 12000)).save(buffer, format="PNG")  # 144 Mpx, a few kB
@@ -301,6 +325,11 @@ def test_onnx_backend_gives_the_same_answers(tiny_run, photos, tmp_path):
             assert got["category"] == want.category  # "none of these" too: the export carries the bank
             assert got["similarity"] == pytest.approx(want.similarity, abs=1e-5)
             assert [p for _, p in got["topk"]] == pytest.approx([p for _, p in want.topk], abs=1e-4)
+        with photos[0].open("rb") as handle:  # an export alone has no gradients: no heatmap, one line
+            refused = httpx.post(f"{running.url}/predict", files={"file": ("p.jpg", handle, "image/jpeg")},
+                                 data={"explain": "1"}, timeout=60)
+        assert refused.status_code == 400 and "explain=1 needs the checkpoint" in refused.json()["error"]
+        assert httpx.get(f"{running.url}/info").json()["explain"] is False
     finally:
         running.stop()
 
@@ -353,7 +382,7 @@ def _browser():
 
 def _drop_in_browser(url: str, photo: Path, shot: Path, key: str | None = KEY) -> tuple[str, int]:
     """Drop ``photo`` on the page in a real browser; (the category line shown, bars shown, nearest
-    training photos shown)."""
+    training photos shown, heatmaps shown)."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
@@ -370,26 +399,31 @@ def _drop_in_browser(url: str, photo: Path, shot: Path, key: str | None = KEY) -
         WebDriverWait(browser, 60).until(answered)
         shown = browser.find_element(By.CLASS_NAME, "category").text
         bars = browser.find_elements(By.CLASS_NAME, "bar")
-        def loaded(b) -> bool:  # the nearest training photos' thumbnails, if the model names them
+        def loaded(b) -> bool:  # the nearest training photos' thumbnails and the heatmap, if any
             return all((i.get_attribute("src") or "").startswith("blob:")
-                       for i in b.find_elements(By.CSS_SELECTOR, ".near img"))
+                       for i in b.find_elements(By.CSS_SELECTOR, ".near img")) and all(
+                b.execute_script("return arguments[0].complete", i)
+                for i in b.find_elements(By.CSS_SELECTOR, "img.heatmap"))
 
         WebDriverWait(browser, 30).until(loaded)
         nearest = browser.find_elements(By.CSS_SELECTOR, ".near figure")
+        heatmaps = [i for i in browser.find_elements(By.CSS_SELECTOR, "img.heatmap")
+                    if (i.get_attribute("src") or "").startswith("data:image/png;base64,")
+                    and browser.execute_script("return arguments[0].naturalWidth", i) > 0]
         browser.save_screenshot(str(shot))
         if os.environ.get("PRODUCT_CNN_SCREENSHOT"):  # how docs/serve.png was made
             browser.save_screenshot(os.environ["PRODUCT_CNN_SCREENSHOT"])
     finally:
         browser.quit()
-    return shown, len(bars), len(nearest)
+    return shown, len(bars), len(nearest), len(heatmaps)
 
 
 def test_the_web_page_classifies_a_dropped_photo_in_a_real_browser(server, photos, tmp_path):
     expected = _post_file(server.url, photos[0]).json()
-    shown, bars, nearest = _drop_in_browser(server.url, photos[0], tmp_path / "page.png")
+    shown, bars, nearest, heatmaps = _drop_in_browser(server.url, photos[0], tmp_path / "page.png")
     held = "needs review: " + ("none of these categories" if expected.get("unknown") else "not sure")
     assert shown.startswith(expected["category"] + " (" if expected["category"] else held) and bars == 3
-    assert nearest == 3  # each with its thumbnail loaded
+    assert nearest == 3 and heatmaps == 1  # the nearest with their thumbnails; where the model looked
     assert (tmp_path / "page.png").stat().st_size > 5000
 
 
@@ -402,7 +436,7 @@ def test_the_web_page_marks_a_held_back_photo_needs_review(tiny_run, photos, tmp
     running = Server(tmp_path, f"ckpt_path={tiny_run['best']}", "device=cpu", "min_confidence=0.999",
                      "unknown=false")
     try:
-        shown, bars, _ = _drop_in_browser(running.url, low[1], tmp_path / "page.png", key=None)
+        shown, bars, _, _ = _drop_in_browser(running.url, low[1], tmp_path / "page.png", key=None)
     finally:
         running.stop()
     assert shown == "needs review: not sure" and bars == 3  # the top-k still shown
