@@ -22,7 +22,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from product_cnn.evaluation.sweep import check_optimized_metric, refresh_cv_summary
     from product_cnn.training.fit import fit_and_test, print_summary, start_run
     from product_cnn.training.probe import fit_probe_head, save_probe
-    from product_cnn.training.resume import check_resume_fits
 
     tune_malloc()
     start = start_run(cfg)  # the device, the checkpoint to resume and the final test's TTA checked; seeded
@@ -33,16 +32,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule.setup("fit")
     check_optimized_metric(cfg, bool(datamodule.split_samples.get("val")))
     model = instantiate(cfg.model, _recursive_=False, _convert_="all", **datamodule.model_args())
-    if start.resumed is not None:
-        check_resume_fits(start.ckpt_path, start.resumed, model, datamodule.root)
+    start.fit_model(model, datamodule.root)  # resumed: the checkpoint fits; extend=: its weights loaded
     if cfg.get("probe"):  # a linear head on cached features: experiment=probe, or LP-FT's first step
         fit_probe_head(cfg.probe, model, datamodule, seed=cfg.get("seed"), confidence=cfg.get("confidence"))
         if not cfg.probe.get("finetune"):
-            return save_probe(cfg, model, datamodule)
+            return start.report(cfg, datamodule, save_probe(cfg, model, datamodule))
     metrics = fit_and_test(cfg, model, datamodule, ckpt_path=start.ckpt_path, tta=start.tta)
     if start.resumed is not None and cfg.data.get("folds"):
         refresh_cv_summary(cfg.paths.output_dir)  # a resumed fold: its sweep's summary counts it now
-    return metrics
+    return start.report(cfg, datamodule, metrics)  # extend=: how the old classes moved (extension.md)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:

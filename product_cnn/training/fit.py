@@ -10,8 +10,9 @@ from typing import Any
 from omegaconf import DictConfig
 
 from product_cnn.training.calibrate import calibrate_after_fit
+from product_cnn.training.extend import Extension, plan_extension
 from product_cnn.training.final_test import best_score, test_after_fit
-from product_cnn.training.resume import resolve_resume, step_checkpoints
+from product_cnn.training.resume import check_resume_fits, resolve_resume, step_checkpoints
 from product_cnn.training.trainer import build_trainer, check_accelerator
 
 log = logging.getLogger(__name__)
@@ -24,21 +25,38 @@ class RunStart:
     ckpt_path: str | None  # the checkpoint to resume from (None: a new run)
     resumed: dict[str, Any] | None  # that checkpoint, read
     tta: str  # the final test's test-time augmentation
+    extension: Extension | None = None  # extend=: the checkpoint whose classes this run extends
+
+    def fit_model(self, model: Any, root: str) -> None:
+        """A resumed run: refuse a checkpoint that does not fit ``model`` (one line); ``extend=``:
+        load its weights into ``model``, its classes' output rows at their indices."""
+        if self.resumed is not None:
+            check_resume_fits(str(self.ckpt_path), self.resumed, model, root)
+        if self.extension is not None:
+            self.extension.load_into(model)
+
+    def report(self, cfg: DictConfig, datamodule: Any, metrics: dict[str, float]) -> dict[str, float]:
+        """``metrics``, after ``extend=``'s report (extension.md) where the run extended a checkpoint."""
+        if self.extension is not None:
+            self.extension.report(cfg, datamodule)
+        return metrics
 
 
 def start_run(cfg: DictConfig) -> RunStart:
-    """Check the accelerator, the checkpoint to resume and the final test's TTA before any data is
-    read (a mistake costs seconds, not a data check); seed everything (``cfg.seed``)."""
+    """Check the accelerator, the checkpoint to resume (or extend: its classes become
+    ``cfg.data.classes``) and the final test's TTA before any data is read (a mistake costs
+    seconds, not a data check); seed everything (``cfg.seed``)."""
     import lightning as L
 
     from product_cnn.models.tta import check_tta
 
     check_accelerator(cfg.trainer)
     ckpt_path, resumed = resolve_resume(cfg)
+    extension = plan_extension(cfg)
     tta = check_tta(cfg.get("tta", "none"))
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
-    return RunStart(ckpt_path, resumed, tta)
+    return RunStart(ckpt_path, resumed, tta, extension)
 
 
 def format_metrics(metrics: dict[str, float]) -> str:
