@@ -89,7 +89,8 @@ def test_heatmap_names_are_unique_and_safe():
 def test_predict_explain_writes_a_readable_overlay_per_photo_linked_from_the_csv(tiny_run, tmp_path):
     photos = sorted(tiny_run["root"].glob("*/*.jpg"))[::7]
     cfg = compose_cfg("predict", [f"ckpt_path={tiny_run['best']}", f"inputs=[{','.join(map(str, photos))}]",
-                                  "explain=true", "unknown=false"], tmp_path / "out", tmp_path / "cache")
+                                  "explain=true", "unknown=false", "min_confidence=0.9999"],
+                      tmp_path / "out", tmp_path / "cache")
     assert predict(cfg) == 0
     with Path(cfg.output).open() as handle:
         rows = list(csv.DictReader(handle))
@@ -98,6 +99,9 @@ def test_predict_explain_writes_a_readable_overlay_per_photo_linked_from_the_csv
         with Image.open(row["heatmap"]) as image, Image.open(row["path"]) as photo:
             assert image.format == "PNG" and image.size == photo.size  # small photos keep their size
     assert len(list((Path(cfg.output).parent / "explain").glob("*.png"))) == len(photos)
+    held = sum(1 for r in rows if r["category"] == "unsure")
+    page = (Path(cfg.output).parent / "review.html").read_text()  # beside each doubtful photo
+    assert held > 0 and page.count('alt="where the network looked"') == held
 
 
 def test_explain_with_an_exported_model_is_one_line(tiny_run, tmp_path):
