@@ -79,7 +79,8 @@ def main() -> None:
         six = train(*preset, f"data.root={tree}", *sweep, out=args.work / "cv_six")
         (a, n), (b, _) = (old_class_accuracy(args.work / s, old) for s in ("cv_five", "cv_six"))
         print(f"3. {args.folds}-fold out of fold, the {n} photos of the five old classes: accuracy {a:.3f} "
-              f"with five classes ({five:.0f} s), {b:.3f} with six ({six:.0f} s): {100 * (b - a):+.1f} points")
+              f"with five classes ({five:.0f} s), {b:.3f} with six ({six:.0f} s): "
+              f"{100 * (b - a):+.1f} points")
 
 
 if __name__ == "__main__":
