@@ -18,7 +18,7 @@ from product_cnn.data.streaming.dataset import ShardDataset
 from product_cnn.data.streaming.manifest import read_samples
 from product_cnn.data.streaming.prepare import prepare_shards
 from product_cnn.errors import DataError
-from tests.helpers import make_tree
+from tests.helpers import NO_SAME_PHOTO, make_tree
 
 SIZE = 32
 
@@ -285,8 +285,8 @@ def test_cli_prepare_train_and_eval_from_shards(tmp_path, photos):
                               cwd=tmp_path, capture_output=True, text=True, timeout=600)
 
     shards = tmp_path / "shards"
-    made = run("prepare_data.py", f"data.root={photos}", f"output={shards}", "data.image_size=64",
-               f"hydra.run.dir={tmp_path / 'prep'}")
+    made = run("prepare_data.py", f"data.root={photos}", NO_SAME_PHOTO, f"output={shards}",
+               "data.image_size=64", f"hydra.run.dir={tmp_path / 'prep'}")
     assert made.returncode == 0, made.stderr[-3000:]
     log = (tmp_path / "prep" / "prepare_data.log").read_text()
     assert "broken.jpg" in log and f"python train.py data=streaming data.input_dir={shards}" in log
