@@ -89,7 +89,7 @@ class Extension:
     @torch.no_grad()
     def _old_predictions(self, paths: list[str], batch_size: int = 32) -> list[str]:
         """The old checkpoint's top class for each photo (as its test report computes it)."""
-        from product_cnn.data.images import load_image
+        from product_cnn.data.images import load_image, to_unit_float
         from product_cnn.training.module import ProductClassifier
 
         checkpoint = read_checkpoint(self.ckpt_path)
@@ -97,8 +97,8 @@ class Extension:
         model = ProductClassifier.from_checkpoint_dict(checkpoint, name=f"checkpoint {self.ckpt_path}").eval()
         found = []
         for start in range(0, len(paths), batch_size):
-            images = torch.stack([load_image(p, info.image_size, decode=info.decode)
-                                  for p in paths[start:start + batch_size]])
+            images = to_unit_float(torch.stack([load_image(p, info.image_size, decode=info.decode)
+                                                for p in paths[start:start + batch_size]]))
             found += [info.class_names[int(i)] for i in model.view_probs(images)[2].argmax(1)]
         return found
 

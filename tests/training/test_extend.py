@@ -47,6 +47,8 @@ def test_a_new_class_embeds_only_its_photos_and_keeps_the_old_classes_and_their_
     assert names == ["Bags", "Cups", "Pens", "Mugs"]  # the old indices, the new class last
     report = (tmp_path / "new" / "extension.md").read_text()
     assert "Added: Mugs" in report and "Bags |" in report
+    before_all = float(re.search(r"All old classes: ([0-9.]+) before", report).group(1))
+    assert before_all >= 0.9  # the old checkpoint, run as its own test report runs it
     photos = sorted(p for p in root.glob("*/*.jpg") if p.parent.name != "Mugs")
     batch = torch.stack([load_image(p, 32) for p in photos])
     before = Predictor.from_checkpoint(old, device="cpu", precision="32").probabilities(batch)
