@@ -36,7 +36,12 @@ class Extension:
     ckpt_path: str
     old: list[str]
     new: list[str]
-    state: dict[str, torch.Tensor]
+    checkpoint: dict[str, Any]  # read once: its weights start the run, its network reports the old recall
+
+    @property
+    def state(self) -> dict[str, torch.Tensor]:
+        """The checkpoint's network weights (``net.*``)."""
+        return {k: v for k, v in self.checkpoint["state_dict"].items() if k.startswith("net.")}
 
     def load_into(self, model: Any) -> None:
         """Copy the checkpoint's weights into ``model``: every tensor of the same shape, and the
@@ -92,9 +97,9 @@ class Extension:
         from product_cnn.data.images import load_image, to_unit_float
         from product_cnn.training.module import ProductClassifier
 
-        checkpoint = read_checkpoint(self.ckpt_path)
-        info = checkpoint_info(checkpoint)
-        model = ProductClassifier.from_checkpoint_dict(checkpoint, name=f"checkpoint {self.ckpt_path}").eval()
+        info = checkpoint_info(self.checkpoint)
+        model = ProductClassifier.from_checkpoint_dict(self.checkpoint, name=f"checkpoint {self.ckpt_path}")
+        model.eval()
         found = []
         for start in range(0, len(paths), batch_size):
             images = to_unit_float(torch.stack([load_image(p, info.image_size, decode=info.decode)
@@ -138,5 +143,4 @@ def plan_extension(cfg: DictConfig) -> Extension | None:
     new = sorted(name for name in folders if name not in info.class_names)
     with open_dict(cfg):
         cfg.data.classes = [*info.class_names, *new]
-    state = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
-    return Extension(str(path), list(info.class_names), new, state)
+    return Extension(str(path), list(info.class_names), new, checkpoint)

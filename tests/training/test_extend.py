@@ -88,8 +88,8 @@ def test_a_fine_tuned_network_keeps_its_weights_and_old_output_rows():
             super().__init__()
             self.net = net
 
-    state = {k: v for k, v in Holder(old).state_dict().items()}
-    Extension("old.ckpt", ["a", "b", "c"], ["d"], state).load_into(Holder(new))
+    checkpoint = {"state_dict": dict(Holder(old).state_dict())}
+    Extension("old.ckpt", ["a", "b", "c"], ["d"], checkpoint).load_into(Holder(new))
     for key, value in old.state_dict().items():
         mine = new.state_dict()[key]
         assert torch.equal(mine, value) if mine.shape == value.shape else torch.equal(mine[:3], value)
