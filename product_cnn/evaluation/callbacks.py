@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
-from matplotlib.figure import Figure
+from PIL import Image, ImageDraw, ImageFont
 
 from product_cnn.evaluation.confidence_report import (
     confidence_section,
@@ -107,21 +108,30 @@ class TestPredictionGrid(Callback):
         tb = _tensorboard(trainer)
         if tb is None or not self._items:
             return
-        names = record_of(pl_module).class_names
-        cols = min(8, len(self._items))
-        rows = math.ceil(len(self._items) / cols)
-        fig = Figure(figsize=(2 * cols, 2.3 * rows))
-        axes = fig.subplots(rows, cols, squeeze=False)
-        for ax in axes.flat:
-            ax.axis("off")
-        for ax, (image, label, pred, conf) in zip(axes.flat, self._items, strict=False):
-            ax.imshow(image.permute(1, 2, 0).clamp(0, 1).numpy())
-            wrong = pred != label
-            ax.set_title(f"{names[pred]} {conf:.2f}\n({names[label]})" + (" WRONG" if wrong else ""),
-                         fontsize=8, color="red" if wrong else "black")
-        fig.tight_layout()
-        tb.experiment.add_figure("test/predictions", fig, global_step=trainer.global_step)
+        grid = prediction_grid(self._items, record_of(pl_module).class_names)
+        tb.experiment.add_image("test/predictions", np.asarray(grid), trainer.global_step, dataformats="HWC")
         self._items = []
+
+
+def prediction_grid(items: list[tuple[torch.Tensor, int, int, float]], names: list[str], *,
+                    cols: int = 8, tile: int = 160) -> Image.Image:
+    """Photos (CHW floats in [0, 1]) in rows of ``cols``, each captioned 'predicted confidence' over
+    '(true)', wrong ones in red. Drawn with Pillow: a tenth of the time a Matplotlib figure takes."""
+    font = ImageFont.load_default(size=12)
+    cols = min(cols, len(items))
+    cell_h = tile + 40
+    grid = Image.new("RGB", (cols * tile, math.ceil(len(items) / cols) * cell_h), "white")
+    draw = ImageDraw.Draw(grid)
+    for n, (image, label, pred, conf) in enumerate(items):
+        x, y = (n % cols) * tile, (n // cols) * cell_h
+        photo = Image.fromarray((image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy())
+        photo.thumbnail((tile - 8, tile - 8))
+        grid.paste(photo, (x + (tile - photo.width) // 2, y + 36 + (tile - 8 - photo.height) // 2))
+        wrong = pred != label
+        caption = f"{names[pred]} {conf:.2f}\n({names[label]})" + (" WRONG" if wrong else "")
+        draw.multiline_text((x + tile // 2, y + 2), caption, fill="red" if wrong else "black", font=font,
+                            anchor="ma", align="center")
+    return grid
 
 
 class ReportWriter(Callback):

@@ -4,6 +4,7 @@ decoding (:class:`~product_cnn.data.feature_cache.FeatureCache` files are named 
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,3 +22,19 @@ def network_key(net: nn.Module, image_size: Any, decode: str = "reduced") -> str
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:24]
+
+
+def cached_features(net: nn.Module, paths: list[str], cache_dir: str | Path, image_size: Any,
+                    decode: str = "reduced") -> torch.Tensor | None:
+    """``(len(paths), D)``: the features ``net`` computes for these photos (each member's side by
+    side, as its head sees them), read from the feature cache; None unless every one is there."""
+    from product_cnn.data.feature_cache import FeatureCache
+
+    parts = []
+    for member in getattr(net, "members", None) or [net]:
+        cache = FeatureCache(cache_dir, network_key(member, image_size, decode))
+        keys = [cache.photo_key(p) for p in paths]
+        if not paths or any(k not in cache.entries for k in keys):
+            return None
+        parts.append(torch.stack([cache.entries[k] for k in keys]))
+    return torch.cat(parts, dim=1)

@@ -67,18 +67,16 @@ class SamePhotoFinder:
     @torch.inference_mode()
     def features(self, paths: Sequence[str], cache_dir: str | Path) -> torch.Tensor:
         """``(len(paths), scales, D)``: pooled features of each photo's centre crops (the whole
-        photo first: the probe's features at that size), from the cache where it has them."""
+        photo first: the probe's features at that size), from the cache where it has them; a photo
+        not cached is decoded once for all its crops."""
         from product_cnn.models.networks import build_network
 
         net = build_network(self.arch, 2, self.image_size, pretrained=True).eval()
-        return torch.stack([self._features(net, paths, cache_dir, scale) for scale in self.scales], 1)
-
-    def _features(self, net: torch.nn.Module, paths: Sequence[str], cache_dir: str | Path,
-                  scale: float) -> torch.Tensor:
-        size = self.image_size if scale == 1 else f"{self.image_size}@{scale:g}"
-        cache = FeatureCache(cache_dir, network_key(net, size, self.decode))
-        keys = [cache.photo_key(p) for p in paths]
-        todo = [i for i, k in enumerate(keys) if k not in cache.entries]
+        caches = [FeatureCache(cache_dir, network_key(net, self.image_size if scale == 1 else
+                                                      f"{self.image_size}@{scale:g}", self.decode))
+                  for scale in self.scales]
+        keys = [FeatureCache.photo_key(p) for p in paths]
+        todo = [i for i, k in enumerate(keys) if any(k not in cache.entries for cache in caches)]
         for start in range(0, len(todo), self.batch_size):
             batch, images = [], []
             for i in todo[start:start + self.batch_size]:
@@ -87,13 +85,22 @@ class SamePhotoFinder:
                     batch.append(i)
                 except ImageLoadError:  # the data check lists unreadable photos: no features, no group
                     pass
-            if batch:
-                images = centre_crop(to_unit_float(torch.stack(images)), scale)
-                images = images.contiguous(memory_format=torch.channels_last)
-                for i, f in zip(batch, net.features(images).float(), strict=True):
-                    cache.entries[keys[i]] = f.clone()
+            if not batch:
+                continue
+            images = to_unit_float(torch.stack(images))
+            for cache, scale in zip(caches, self.scales, strict=True):
+                rows = [j for j, i in enumerate(batch) if keys[i] not in cache.entries]
+                if rows:
+                    views = centre_crop(images[rows], scale).contiguous(memory_format=torch.channels_last)
+                    for j, f in zip(rows, net.features(views).float(), strict=True):
+                        cache.entries[keys[batch[j]]] = f.clone()
         if todo:
-            cache.save()
+            for cache in caches:
+                cache.save()
+        return torch.stack([self._lookup(cache, keys) for cache in caches], 1)
+
+    @staticmethod
+    def _lookup(cache: FeatureCache, keys: list[str]) -> torch.Tensor:
         width = next(iter(cache.entries.values())).numel() if cache.entries else 1
         missing = torch.full((width,), float("nan"))  # compares >= nothing: never grouped
         return torch.stack([cache.entries.get(k, missing) for k in keys]) if keys else torch.empty(0)

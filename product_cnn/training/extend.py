@@ -69,7 +69,8 @@ class Extension:
             rows = [r for r in csv.DictReader(handle) if r["label"] in self.old]
         if not rows:
             return None
-        before = self._old_predictions([str(Path(datamodule.root) / r["path"]) for r in rows])
+        before = self._old_predictions([str(Path(datamodule.root) / r["path"]) for r in rows],
+                                       datamodule.cache_dir)
         lines = [f"# Extended {self.ckpt_path}", "", f"Added: {', '.join(self.new) or 'none'}. "
                  f"The old classes on this run's {len(rows)} test photos of them (recall):", "",
                  "class | photos | before | after", "---|---|---|---"]
@@ -92,14 +93,20 @@ class Extension:
         return out / "extension.md"
 
     @torch.no_grad()
-    def _old_predictions(self, paths: list[str], batch_size: int = 32) -> list[str]:
-        """The old checkpoint's top class for each photo (as its test report computes it)."""
+    def _old_predictions(self, paths: list[str], cache_dir: str, batch_size: int = 32) -> list[str]:
+        """The old checkpoint's top class for each photo (as its test report computes it): from
+        the feature cache where it holds the old backbone's features of them all (a probe's)."""
         from product_cnn.data.images import load_image, to_unit_float
+        from product_cnn.models.photo_features import cached_features
         from product_cnn.training.module import ProductClassifier
 
         info = checkpoint_info(self.checkpoint)
         model = ProductClassifier.from_checkpoint_dict(self.checkpoint, name=f"checkpoint {self.ckpt_path}")
         model.eval()
+        features = cached_features(model.net, paths, cache_dir, info.image_size, info.decode) \
+            if hasattr(model.net, "features") else None
+        if features is not None:
+            return [info.class_names[int(i)] for i in model.feature_probs(features)[2].argmax(1)]
         found = []
         for start in range(0, len(paths), batch_size):
             images = to_unit_float(torch.stack([load_image(p, info.image_size, decode=info.decode)

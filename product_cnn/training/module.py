@@ -109,6 +109,7 @@ class ProductClassifier(L.LightningModule):
         self.net = build_network(arch, num_classes, image_size, dropout=dropout, pretrained=pretrained,
                                  weights_path=weights_path, flip=flip_features)
         self.tta = "none"
+        self.test_features: torch.Tensor | None = None  # the head's inputs, by test index (the probe's)
         self.example_input_array = torch.zeros(1, 3, *image_hw(image_size))  # FLOPs per image in the summary
         # class-weighted training loss (data.balance=weighted_loss); val/test losses stay plain
         self.register_buffer("class_weights", torch.tensor(class_weights) if class_weights else None,
@@ -234,6 +235,18 @@ class ProductClassifier(L.LightningModule):
         raw = torch.stack(raws).mean(0)
         return raw.clamp_min(1e-12).log(), raw, torch.stack(probs).mean(0)
 
+    def feature_probs(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`view_probs` of photos whose features (the head's input) are known, one view each:
+        the head and the card's vote, no backbone."""
+        features = features.to(self.device)
+        logits = self.net.head(features)
+        raw, probs = calibrated_probs(logits, 1.0), calibrated_probs(logits, self.temperature)
+        card = self.confidence
+        if card is None or not card.votes:
+            return logits, raw, probs
+        raw = card.mixed(raw, features)
+        return raw.clamp_min(1e-12).log(), raw, card.mixed(probs, features)
+
     def _evaluate(self, images: torch.Tensor) -> torch.Tensor:
         """Logits, or with ``tta="flip"`` the log of the mean probabilities of images and mirrors."""
         return self._merge(self.views(images))
@@ -291,7 +304,10 @@ class ProductClassifier(L.LightningModule):
         self._step(batch, "val")
 
     def test_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
-        logits, raw, probs = self.view_probs(batch[0])
+        if self.test_features is not None and self.tta == "none" and len(batch) > 2:
+            logits, raw, probs = self.feature_probs(self.test_features[batch[2].cpu()])
+        else:
+            logits, raw, probs = self.view_probs(batch[0])
         self._step(batch, "test", logits)
         if len(batch) > 2:  # (images, labels, indices): keep each photo's probabilities
             self._test_outputs.append((batch[2], torch.cat([raw, probs], 1)))

@@ -65,7 +65,10 @@ def test_the_probe_checkpoint_predicts_what_features_and_head_predict(tree_facto
     features_file = next((cache / "features").glob("*.pt"))
     entries = torch.load(features_file, weights_only=True)
     photos = sorted(str(p) for p in root.rglob("*.jpg"))
-    known = [p for p in photos if FeatureCache.photo_key(p) in entries]
+    with (out / "test_predictions.csv").open(newline="") as handle:
+        tested = {str(root / row["path"]) for row in csv.DictReader(handle)}
+    assert tested and all(FeatureCache.photo_key(p) in entries for p in tested)  # the test read them there
+    known = [p for p in photos if FeatureCache.photo_key(p) in entries and p not in tested]
     x = torch.stack([entries[FeatureCache.photo_key(p)] for p in known]).double().numpy()
     y = [predictor.class_names.index(Path(p).parent.name) for p in known]
     mean, scale = x.mean(0), x.std(0)
