@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/common.py
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench.outside_photos
 
 from common import SLASH5, machine
+from paired import mcnemar
 
 from bench.outside_photos import write_outside_photos
 
@@ -42,10 +43,10 @@ def train(*overrides: str, out: Path) -> float:
     return time.perf_counter() - start
 
 
-def old_class_accuracy(sweep: Path, old: list[str]) -> tuple[float, int]:
+def old_class_answers(sweep: Path, old: list[str]) -> dict[str, bool]:
+    """Whether each old-class photo's out-of-fold prediction was right, by photo."""
     with (sweep / "oof_predictions.csv").open() as handle:
-        rows = [r for r in csv.DictReader(handle) if r["label"] in old]
-    return sum(r["predicted"] == r["label"] for r in rows) / len(rows), len(rows)
+        return {r["path"]: r["predicted"] == r["label"] for r in csv.DictReader(handle) if r["label"] in old}
 
 
 def main() -> None:
@@ -73,14 +74,20 @@ def main() -> None:
     print((args.work / "six" / "extension.md").read_text())
     if args.folds:
         shutil.move(str(tree / "Other"), str(args.work / "Other"))
-        sweep = ["-m", f"data.folds={args.folds}", f"data.fold=range({args.folds})"]
-        five = train(*preset, f"data.root={tree}", *sweep, out=args.work / "cv_five")
+        sweep = [f"data.folds={args.folds}", f"data.fold=range({args.folds})"]
+        five = train("-m", *preset, f"data.root={tree}", *sweep, out=args.work / "cv_five")
         shutil.move(str(args.work / "Other"), str(tree / "Other"))
-        six = train(*preset, f"data.root={tree}", *sweep, out=args.work / "cv_six")
-        (a, n), (b, _) = (old_class_accuracy(args.work / s, old) for s in ("cv_five", "cv_six"))
-        print(f"3. {args.folds}-fold out of fold, the {n} photos of the five old classes: accuracy {a:.3f} "
-              f"with five classes ({five:.0f} s), {b:.3f} with six ({six:.0f} s): "
-              f"{100 * (b - a):+.1f} points")
+        six = train("-m", *preset, f"data.root={tree}", *sweep, out=args.work / "cv_six")
+        a, b = (old_class_answers(args.work / s, old) for s in ("cv_five", "cv_six"))
+        if a.keys() != b.keys():
+            raise SystemExit(f"the two sweeps predicted different photos ({len(a)} and {len(b)})")
+        only_five = sum(a[k] and not b[k] for k in a)
+        only_six = sum(b[k] and not a[k] for k in a)
+        acc_a, acc_b = sum(a.values()) / len(a), sum(b.values()) / len(b)
+        print(f"3. {args.folds}-fold out of fold, the {len(a)} photos of the five old classes: accuracy "
+              f"{acc_a:.3f} with five classes ({five:.0f} s), {acc_b:.3f} with six ({six:.0f} s): "
+              f"{100 * (acc_b - acc_a):+.1f} points (goal: within 1); right only with five {only_five}, "
+              f"only with six {only_six}, McNemar p = {mcnemar(only_five, only_six):.3f}")
 
 
 if __name__ == "__main__":
