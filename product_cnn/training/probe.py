@@ -73,7 +73,7 @@ def fit_linear_head(features: torch.Tensor, labels: Sequence[int], num_classes: 
     """(weight, bias) of a linear layer equal to a multinomial logistic regression fitted on the
     standardised ``features`` (scikit-learn), with the standardisation folded in. ``start``, a
     (weight, bias) of the same shape (a fit on more of the photos), is where the solver starts:
-    the same optimum (the problem is convex), in fewer iterations."""
+    the same optimum (the problem is convex) to the solver's tolerance, in fewer iterations."""
     from sklearn.linear_model import LogisticRegression
 
     x = features.double().numpy()

@@ -79,3 +79,22 @@ def test_planted_copies_land_in_their_photos_fold_and_other_photos_do_not_all_me
     assert any(apart[copy] != apart[original] for copy, original in planted.items())
     report = grouped.check_report(show_groups=3)
     assert "same photo in another crop (tf_efficientnet_lite0 features, cosine >= 0.9)" in report
+
+
+def test_the_finder_decodes_a_new_photo_once_for_all_its_crops_and_reads_the_rest_from_the_cache(
+        tree_factory, tmp_path, monkeypatch):
+    import product_cnn.models.same_photo as same_photo
+
+    root = tree_factory({"Bags": 3, "Cups": 3})
+    paths = sorted(str(p) for p in root.rglob("*.jpg"))
+    decoded = []
+    real = same_photo.load_image
+    monkeypatch.setattr(same_photo, "load_image",
+                        lambda path, *a, **k: decoded.append(path) or real(path, *a, **k))
+    finder = same_photo.SamePhotoFinder(image_size=64, scales=(1.0, 0.6))
+    first = finder.features(paths[:4], tmp_path / "cache")
+    assert sorted(decoded) == paths[:4] and first.shape[:2] == (4, 2)
+    decoded.clear()
+    again = finder.features(paths, tmp_path / "cache")  # two new photos: only they are decoded
+    assert sorted(decoded) == paths[4:]
+    assert torch.equal(again[:4], first) and not torch.equal(again[:, 0], again[:, 1])

@@ -125,3 +125,19 @@ def test_confusion_figure_keeps_to_its_time_share_and_draws_the_last_epoch(
     events.Reload()
     # share 0: the first epoch (nothing drawn yet) and the last one (drawn at the end of fit)
     assert [image.step for image in events.Images("val/confusion_matrix")] == steps
+
+
+def test_the_prediction_grid_captions_each_photo_and_marks_the_wrong_ones_red():
+    import numpy as np
+    import torch
+
+    from product_cnn.evaluation.callbacks import prediction_grid
+
+    grey = torch.full((3, 40, 60), 0.5)
+    items = [(grey, 0, 0, 0.9)] * 9 + [(grey, 0, 1, 0.6)]  # the tenth is wrong
+    grid = np.asarray(prediction_grid(items, ["Bags", "Cups"], cols=8, tile=100))
+    assert grid.shape == (2 * 140, 8 * 100, 3)
+    red = (grid[..., 0] > 200) & (grid[..., 1] < 80) & (grid[..., 2] < 80)
+    assert not red[:140].any()  # the first row is all right
+    assert red[140:176, 100:200].any() and not red[140:176, :100].any()  # only the wrong photo's caption
+    assert (np.abs(grid[140 + 36 + 46, 150].astype(int) - 128) <= 1).all()  # the photo, centred in its tile

@@ -173,3 +173,19 @@ def test_several_backbones_refuse_a_bad_list_in_one_line():
         build_network("tf_efficientnet_lite0", 3, 32, flip=True)
     with pytest.raises(ProductCNNError, match=r"model\.weights_path holds one network's weights"):
         build_network("tf_efficientnet_lite0+tf_efficientnet_lite1", 3, 32, weights_path="w.pt")
+
+
+def test_cross_fit_folds_that_start_from_the_full_fit_reach_the_same_head():
+    from product_cnn.training.probe import fit_linear_head
+
+    gen = torch.Generator().manual_seed(0)
+    labels = [i % 4 for i in range(120)]
+    features = torch.randn(120, 32, generator=gen) + 2 * torch.nn.functional.one_hot(
+        torch.tensor(labels), 32).float()
+    full = fit_linear_head(features, labels, 4)
+    some = list(range(0, 120, 5)) + list(range(1, 120, 5)) + list(range(2, 120, 5))
+    cold = fit_linear_head(features[some], [labels[i] for i in some], 4)
+    warm = fit_linear_head(features[some], [labels[i] for i in some], 4, start=full)
+    probs = [torch.softmax(features @ w.T + b, 1) for w, b in (cold, warm)]
+    assert (probs[0] - probs[1]).abs().max() < 1e-2  # one convex optimum, to the solver's tolerance
+    assert (torch.softmax(features @ full[0].T + full[1], 1) - probs[0]).abs().max() > 2e-2  # fits differ
