@@ -56,7 +56,7 @@ def run(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
 
 def _quick_teardown() -> None:
     """At exit: collect what is garbage now, then freeze the rest, so that the interpreter's
-    teardown does not walk the million objects torch and Lightning leave (docs/performance.md).
+    teardown does not walk every object torch and Lightning leave (docs/performance.md).
     Files are closed and atexit handlers run as before."""
     gc.collect()
     gc.freeze()
