@@ -18,8 +18,6 @@ from PIL import Image, ImageDraw, ImageFont
 
 from product_cnn.evaluation.confidence_report import (
     confidence_section,
-    coverage_figure,
-    reliability_figure,
 )
 from product_cnn.evaluation.reports import (
     PREDICTIONS_FILE,
@@ -169,21 +167,23 @@ class ReportWriter(Callback):
                 probs=probs.numpy(),
                 raw_probs=raw.numpy() if raw is not None else None))
             if "confidence" in report:
-                paths += write_confidence_figures(self.dirpath, probs, raw, labels)
-                self._log_figures(trainer, probs, raw, labels)
+                figures = write_confidence_figures(self.dirpath, probs, raw, labels)
+                self._log_figures(trainer, figures)
+                paths += figures
         log.info("Report: %s", ", ".join(str(p) for p in paths))
         log.info("Classification report (test split, %d images):\n%s", report["num_samples"],
                  Path(self.dirpath, "classification_report.txt").read_text().rstrip())
         self._log_hparams(trainer, pl_module, report, record.history)
 
     @staticmethod
-    def _log_figures(trainer: L.Trainer, probs: torch.Tensor, raw: torch.Tensor,
-                     labels: torch.Tensor) -> None:
+    def _log_figures(trainer: L.Trainer, figures: list[Path]) -> None:
+        """calibration.png and coverage.png, as written, to TensorBoard (not drawn twice)."""
         tb = _tensorboard(trainer)
         if tb is not None:
-            step = trainer.global_step
-            tb.experiment.add_figure("test/calibration", reliability_figure(probs, raw, labels), step)
-            tb.experiment.add_figure("test/coverage", coverage_figure(probs, labels), step)
+            for tag, path in zip(("test/calibration", "test/coverage"), figures, strict=True):
+                with Image.open(path) as image:
+                    pixels = np.asarray(image.convert("RGB"))
+                tb.experiment.add_image(tag, pixels, trainer.global_step, dataformats="HWC")
 
     @staticmethod
     def _log_hparams(trainer: L.Trainer, pl_module: L.LightningModule, report: dict[str, Any],
