@@ -1,105 +1,31 @@
 """The HTTP server (serve.py, LitServe): answers equal predict.py's, bad input is a 4xx, key, info."""
 
 import base64
-import contextlib
 import hashlib
 import importlib.util
 import io
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import pytest
 from PIL import Image
 
 from product_cnn.confidence.card import ConfidenceCard
-from product_cnn.confidence.gate import GateOptions
 from product_cnn.inference.predictor import Predictor
 from product_cnn.models.checkpoint import read_checkpoint
-from tests.helpers import REPO
-
-NO_UNKNOWN = GateOptions(unknown=False)  # a category for every photo
-
-httpx = pytest.importorskip("httpx")
-KEY = "test-key-123"
-AUTH = {"Authorization": f"Bearer {KEY}"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """``python serve.py ...`` in its own process group, stopped (with its workers) at the end."""
-
-    def __init__(self, tmp: Path, *args: str, env: dict | None = None) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = tmp / f"serve_{self.port}.log"
-        self.proc = subprocess.Popen(
-            [sys.executable, str(REPO / "serve.py"), f"port={self.port}",
-             f"hydra.run.dir={tmp}/run_{self.port}", *args],
-            cwd=tmp, stdout=self.log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, **(env or {})})
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        self.stop()
-        raise RuntimeError(f"server did not start: {self.log.read_text()[-3000:]}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGINT)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout=20)
-        with contextlib.suppress(ProcessLookupError):  # what is left of its group (workers a failed
-            os.killpg(self.proc.pid, signal.SIGKILL)   # shutdown orphaned, too)
-
-
-@pytest.fixture(scope="module")
-def server(tiny_run, tmp_path_factory):
-    running = Server(tmp_path_factory.mktemp("serve"), f"ckpt_path={tiny_run['best']}", "device=cpu",
-                     "max_batch_size=8", env={"PRODUCT_CNN_API_KEY": KEY})
-    yield running
-    running.stop()
-
-
-@pytest.fixture(scope="module")
-def photos(tiny_run) -> list[Path]:
-    root = tiny_run["root"]
-    return sorted(root.glob("*/*.jpg"))[::4]
-
-
-def _served(want) -> str | None:
-    """What serve.py answers as the category for a Predictor result: null when held back."""
-    return None if want.verdict else want.category
-
-
-def _post_file(url: str, path: Path, headers=AUTH) -> httpx.Response:
-    with path.open("rb") as handle:
-        return httpx.post(f"{url}/predict", files={"file": (path.name, handle, "image/jpeg")},
-                          headers=headers, timeout=60)
+from tests.serve.server import AUTH, NO_UNKNOWN, Server, post_file, served
 
 
 def test_answers_equal_predict_py(server, tiny_run, photos):
     expected = Predictor.from_checkpoint(tiny_run["best"], device="cpu").predict(photos, topk=3)
     for path, want in zip(photos, expected, strict=True):
-        got = _post_file(server.url, path).json()
-        assert got["category"] == _served(want)
+        got = post_file(server.url, path).json()
+        assert got["category"] == served(want)
         assert got.get(want.verdict or "unsure", False) == bool(want.verdict)
         assert got["confidence"] == pytest.approx(want.confidence, abs=2e-6)  # OpenVINO: docs/performance.md
         assert got["similarity"] == pytest.approx(want.similarity, abs=1e-5)
@@ -110,14 +36,14 @@ def test_answers_equal_predict_py(server, tiny_run, photos):
     # JSON with base64, and several files in one request (a list, in order)
     body = {"image": base64.b64encode(photos[0].read_bytes()).decode()}
     answer = httpx.post(f"{server.url}/predict", json=body, headers=AUTH).json()
-    assert answer["category"] == _served(expected[0])
+    assert answer["category"] == served(expected[0])
     files = [("file", (p.name, p.read_bytes(), "image/jpeg")) for p in photos[:3]]
     several = httpx.post(f"{server.url}/predict", files=files, headers=AUTH, timeout=60).json()
-    assert [r["category"] for r in several] == [_served(p) for p in expected[:3]]
+    assert [r["category"] for r in several] == [served(p) for p in expected[:3]]
 
 
 def test_the_nearest_training_photos_are_served_as_thumbnails(server, tiny_run, photos):
-    got = _post_file(server.url, photos[0]).json()
+    got = post_file(server.url, photos[0]).json()
     want = Predictor.from_checkpoint(tiny_run["best"], device="cpu").predict(photos[:1])[0]
     assert len(got["nearest"]) == 3
     first = httpx.get(f"{server.url}{got['nearest'][0]['photo']}", headers=AUTH, timeout=30)
@@ -145,7 +71,7 @@ def test_explain_1_returns_a_heatmap_of_the_photo_sent_and_only_then(server, tin
     image = load_image(photos[0], predictor.image_size)[None]
     target = predictor.class_names.index(got["topk"][0][0])
     assert Explainer(predictor.explain_net, (64, 64)).maps(image, [target]).max() == pytest.approx(1.0)
-    assert "heatmap" not in _post_file(server.url, photos[0]).json()  # never by default
+    assert "heatmap" not in post_file(server.url, photos[0]).json()  # never by default
     with photos[0].open("rb") as handle:
         bad = httpx.post(f"{server.url}/predict", files={"file": ("p.jpg", handle, "image/jpeg")},
                          data={"explain": "maybe"}, headers=AUTH, timeout=60)
@@ -180,7 +106,7 @@ def test_bad_input_gets_a_4xx_and_the_server_keeps_serving(server, photos, tmp_p
         assert response.status_code == status, (name, response.text)
         reason = response.json()["error"]
         assert reason and "\n" not in reason and "Traceback" not in reason, (name, reason)
-        assert _post_file(server.url, photos[1]).status_code == 200, name  # and the next one is served
+        assert post_file(server.url, photos[1]).status_code == 200, name  # and the next one is served
 
 
 def _jpeg(height: int, width: int) -> bytes:
@@ -193,10 +119,10 @@ def _jpeg(height: int, width: int) -> bytes:
 
 
 def test_the_api_key_is_enforced(server, photos):
-    assert _post_file(server.url, photos[0], headers={}).status_code == 401
-    assert _post_file(server.url, photos[0], headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert post_file(server.url, photos[0], headers={}).status_code == 401
+    assert post_file(server.url, photos[0], headers={"Authorization": "Bearer wrong"}).status_code == 401
     assert httpx.get(f"{server.url}/info").status_code == 401
-    assert _post_file(server.url, photos[0]).status_code == 200
+    assert post_file(server.url, photos[0]).status_code == 200
     assert httpx.get(f"{server.url}/health").status_code == 200  # health and the page need no key
     assert "<html" in httpx.get(f"{server.url}/").text
 
@@ -249,7 +175,7 @@ def test_unsure_answers_and_sigterm_stops_every_server_process(tiny_run, photos,
         want = Predictor.from_checkpoint(tiny_run["best"], device="cpu", gate=NO_UNKNOWN).predict(photos)
         low = min(zip(want, photos, strict=True), key=lambda x: x[0].confidence)
         assert low[0].confidence < 0.999
-        got = _post_file(running.url, low[1], headers={}).json()
+        got = post_file(running.url, low[1], headers={}).json()
         assert got["category"] is None and (got.get("unsure") or got.get("unknown")) is True
         assert [n for n, _ in got["topk"]] == [n for n, _ in low[0].topk]  # the top-k kept
         assert httpx.get(f"{running.url}/info").json()["gate"]["min_confidence"] == 0.999
@@ -305,10 +231,10 @@ def test_concurrent_requests_each_get_their_own_answer(server, tiny_run, photos)
     expected = {p.name + p.parent.name: r for p, r in zip(photos, predictions, strict=True)}
     jobs = [photos[i % len(photos)] for i in range(48)]
     with ThreadPoolExecutor(16) as pool:
-        answers = list(pool.map(lambda p: (p, _post_file(server.url, p).json()), jobs))
+        answers = list(pool.map(lambda p: (p, post_file(server.url, p).json()), jobs))
     for path, got in answers:
         want = expected[path.name + path.parent.name]
-        assert got["category"] == _served(want)
+        assert got["category"] == served(want)
         assert got["confidence"] == pytest.approx(want.confidence, abs=2e-6)  # OpenVINO: docs/performance.md
 
 
@@ -321,7 +247,7 @@ def test_onnx_backend_gives_the_same_answers(tiny_run, photos, tmp_path):
     try:
         expected = Predictor.from_checkpoint(tiny_run["best"], device="cpu").predict(photos[:4], topk=3)
         for path, want in zip(photos[:4], expected, strict=True):
-            got = _post_file(running.url, path, headers={}).json()
+            got = post_file(running.url, path, headers={}).json()
             assert got["category"] == want.category  # "none of these" too: the export carries the bank
             assert got["similarity"] == pytest.approx(want.similarity, abs=1e-5)
             assert [p for _, p in got["topk"]] == pytest.approx([p for _, p in want.topk], abs=1e-4)
@@ -346,7 +272,7 @@ def test_openvino_backend_gives_the_same_answers(tiny_run, photos, tmp_path):
         assert info["backend"] == "openvino"
         expected = Predictor.from_checkpoint(tiny_run["best"], device="cpu").predict(photos[:4], topk=3)
         for path, want in zip(photos[:4], expected, strict=True):
-            got = _post_file(running.url, path, headers={}).json()
+            got = post_file(running.url, path, headers={}).json()
             assert got["category"] == want.category
             # the checkpoint's own precision (fp32 here), not OpenVINO's choice (bf16 on such a CPU)
             assert [p for _, p in got["topk"]] == pytest.approx([p for _, p in want.topk], abs=1e-4)
@@ -360,83 +286,3 @@ def test_an_exported_backend_needs_its_own_file():
 
     with pytest.raises(ProductCNNError, match=r"backend=openvino needs openvino_path=<model.xml>"):
         model_info("openvino", None, "model.onnx")
-
-
-def _browser():
-    """Headless Chromium through Selenium, or a skip that says what is missing."""
-    import shutil
-
-    webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (the dev extra)")
-    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    driver = shutil.which("chromedriver")
-    if not browser or not driver:
-        pytest.skip("needs Chromium and chromedriver (apt-get install chromium chromium-driver; "
-                    ".ci/run installs them)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = browser
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1100,800"):
-        options.add_argument(flag)
-    service = webdriver.ChromeService(executable_path=driver)
-    return webdriver.Chrome(options=options, service=service)
-
-
-def _drop_in_browser(url: str, photo: Path, shot: Path, key: str | None = KEY) -> tuple[str, int]:
-    """Drop ``photo`` on the page in a real browser; (the category line shown, bars shown, nearest
-    training photos shown, heatmaps shown)."""
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    browser = _browser()
-    try:
-        browser.get(f"{url}/")
-        if key:
-            browser.find_element(By.ID, "key").send_keys(key)
-        chooser = browser.find_element(By.ID, "files")
-        browser.execute_script("arguments[0].hidden = false", chooser)
-        chooser.send_keys(str(photo))
-        answered = expected_conditions.presence_of_element_located((By.CLASS_NAME, "category"))
-        WebDriverWait(browser, 60).until(answered)
-        shown = browser.find_element(By.CLASS_NAME, "category").text
-        bars = browser.find_elements(By.CLASS_NAME, "bar")
-        def loaded(b) -> bool:  # the nearest training photos' thumbnails and the heatmap, if any
-            return all((i.get_attribute("src") or "").startswith("blob:")
-                       for i in b.find_elements(By.CSS_SELECTOR, ".near img")) and all(
-                b.execute_script("return arguments[0].complete", i)
-                for i in b.find_elements(By.CSS_SELECTOR, "img.heatmap"))
-
-        WebDriverWait(browser, 30).until(loaded)
-        nearest = browser.find_elements(By.CSS_SELECTOR, ".near figure")
-        heatmaps = [i for i in browser.find_elements(By.CSS_SELECTOR, "img.heatmap")
-                    if (i.get_attribute("src") or "").startswith("data:image/png;base64,")
-                    and browser.execute_script("return arguments[0].naturalWidth", i) > 0]
-        browser.save_screenshot(str(shot))
-        if os.environ.get("PRODUCT_CNN_SCREENSHOT"):  # how docs/serve.png was made
-            browser.save_screenshot(os.environ["PRODUCT_CNN_SCREENSHOT"])
-    finally:
-        browser.quit()
-    return shown, len(bars), len(nearest), len(heatmaps)
-
-
-def test_the_web_page_classifies_a_dropped_photo_in_a_real_browser(server, photos, tmp_path):
-    expected = _post_file(server.url, photos[0]).json()
-    shown, bars, nearest, heatmaps = _drop_in_browser(server.url, photos[0], tmp_path / "page.png")
-    held = "needs review: " + ("none of these categories" if expected.get("unknown") else "not sure")
-    assert shown.startswith(expected["category"] + " (" if expected["category"] else held) and bars == 3
-    assert nearest == 3 and heatmaps == 1  # the nearest with their thumbnails; where the model looked
-    assert (tmp_path / "page.png").stat().st_size > 5000
-
-
-@pytest.mark.slow  # a second server and browser (about 30 s); CI runs the slow tests too
-def test_the_web_page_marks_a_held_back_photo_needs_review(tiny_run, photos, tmp_path):
-    _browser().quit()  # skips here, before a server starts, when there is no browser
-    want = Predictor.from_checkpoint(tiny_run["best"], device="cpu", gate=NO_UNKNOWN).predict(photos)
-    low = min(zip(want, photos, strict=True), key=lambda x: x[0].confidence)
-    assert low[0].confidence < 0.999
-    running = Server(tmp_path, f"ckpt_path={tiny_run['best']}", "device=cpu", "min_confidence=0.999",
-                     "unknown=false")
-    try:
-        shown, bars, _, _ = _drop_in_browser(running.url, low[1], tmp_path / "page.png", key=None)
-    finally:
-        running.stop()
-    assert shown == "needs review: not sure" and bars == 3  # the top-k still shown
