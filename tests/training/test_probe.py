@@ -32,6 +32,12 @@ def _probe(root: Path, out: Path, cache: Path, *overrides: str, caplog) -> tuple
     return metrics, total, cached, Path(cfg.paths.output_dir)
 
 
+def _tested(out: Path, root: Path) -> set[str]:
+    """The photos of a run's test report."""
+    with (out / "test_predictions.csv").open(newline="") as handle:
+        return {str(root / row["path"]) for row in csv.DictReader(handle)}
+
+
 def test_features_are_cached_and_invalidated_by_a_changed_photo_or_network(tree_factory, tmp_path, caplog):
     root = tree_factory({"Bags": 8, "Cups": 8, "Pens": 8})
     cache = tmp_path / "cache"
@@ -65,10 +71,9 @@ def test_the_probe_checkpoint_predicts_what_features_and_head_predict(tree_facto
     features_file = next((cache / "features").glob("*.pt"))
     entries = torch.load(features_file, weights_only=True)
     photos = sorted(str(p) for p in root.rglob("*.jpg"))
-    with (out / "test_predictions.csv").open(newline="") as handle:
-        tested = {str(root / row["path"]) for row in csv.DictReader(handle)}
+    tested = _tested(out, root)
     assert tested and all(FeatureCache.photo_key(p) in entries for p in tested)  # the test read them there
-    known = [p for p in photos if FeatureCache.photo_key(p) in entries and p not in tested]
+    known = [p for p in photos if FeatureCache.photo_key(p) in entries and p not in tested]  # training
     x = torch.stack([entries[FeatureCache.photo_key(p)] for p in known]).double().numpy()
     y = [predictor.class_names.index(Path(p).parent.name) for p in known]
     mean, scale = x.mean(0), x.std(0)
@@ -142,7 +147,8 @@ def test_several_backbones_are_cached_one_by_one_and_the_checkpoint_and_exports_
     photos = sorted(str(p) for p in root.rglob("*.jpg"))
     caches = [torch.load(cache / "features" / f"{network_key(m, 32, info.decode)}.pt", weights_only=True)
               for m in members]
-    known = [p for p in photos if all(FeatureCache.photo_key(p) in c for c in caches)]
+    tested = _tested(out, root)  # cached too (the test reads them there): the head saw the others
+    known = [p for p in photos if all(FeatureCache.photo_key(p) in c for c in caches) and p not in tested]
     x = torch.cat([torch.stack([c[FeatureCache.photo_key(p)] for p in known]) for c in caches], 1)
     x = x.double().numpy()
     y = [predictor.class_names.index(Path(p).parent.name) for p in known]
