@@ -16,9 +16,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from PIL import Image, ImageDraw, ImageFont
 
-from product_cnn.evaluation.confidence_report import (
-    confidence_section,
-)
+from product_cnn.evaluation.confidence_report import confidence_section
 from product_cnn.evaluation.reports import (
     PREDICTIONS_FILE,
     build_report,
@@ -114,7 +112,7 @@ class TestPredictionGrid(Callback):
 def prediction_grid(items: list[tuple[torch.Tensor, int, int, float]], names: list[str], *,
                     cols: int = 8, tile: int = 160) -> Image.Image:
     """Photos (CHW floats in [0, 1]) in rows of ``cols``, each captioned 'predicted confidence' over
-    '(true)', wrong ones in red. Drawn with Pillow: a tenth of the time a Matplotlib figure takes."""
+    '(true)', wrong ones in red. Pillow, not a Matplotlib figure: the cost is in docs/performance.md."""
     font = ImageFont.load_default(size=12)
     cols = min(cols, len(items))
     cell_h = tile + 40
