@@ -184,7 +184,7 @@ def _oof_confidence(probs: torch.Tensor, raw: torch.Tensor, labels: torch.Tensor
 def _report(rows: list[dict[str, Any]], names: list[str],
             probs: torch.Tensor | None = None) -> dict[str, Any]:
     """The classification report of prediction rows (their probability columns unless ``probs``)."""
-    from product_cnn.training.module import report_metrics  # torchmetrics; imported only when summarising
+    from product_cnn.training.stage_metrics import report_metrics  # torchmetrics: only when summarising
 
     if probs is None:
         probs = torch.tensor([[float(row[c]) for c in prediction_columns(names)] for row in rows])

@@ -41,7 +41,7 @@ def build_report(
     class_names: Sequence[str],
     **context: Any,
 ) -> dict[str, Any]:
-    """Arrange torchmetrics results (see ``ProductClassifier.report_metrics``) as a report dict.
+    """Arrange torchmetrics results (``training.stage_metrics.report_metrics``) as a report dict.
 
     ``computed`` holds tensors: ``acc``; ``precision``/``recall``/``f1`` per class (``*_none``),
     ``_macro`` and ``_weighted``; ``confmat`` (rows: true class, columns: predicted).

@@ -1,4 +1,5 @@
-"""The LightningModule: the Keras-mirror network plus loss, metrics and optimiser."""
+"""The LightningModule: a network (the Keras mirror by default) with its loss, optimiser, test-time
+views and test outputs; the metrics per stage live in :mod:`product_cnn.training.stage_metrics`."""
 
 from __future__ import annotations
 
@@ -9,14 +10,6 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
-from torchmetrics import MeanMetric, MetricCollection
-from torchmetrics.classification import (
-    MulticlassAccuracy,
-    MulticlassConfusionMatrix,
-    MulticlassF1Score,
-    MulticlassPrecision,
-    MulticlassRecall,
-)
 
 from product_cnn.confidence.card import ConfidenceCard
 from product_cnn.confidence.temperature import calibrated_probs
@@ -28,22 +21,9 @@ from product_cnn.models.penultimate import Penultimate
 from product_cnn.models.tta import TTA, check_tta  # noqa: F401  (TTA: part of this module's interface)
 from product_cnn.training.run_record import RunRecord
 from product_cnn.training.schedules import SCHEDULES, build_schedule
+from product_cnn.training.stage_metrics import StageMetrics
 
-STAGES = ("train", "val", "test")
 KERAS_ADAM = {"_target_": "torch.optim.Adam", "lr": 1e-3, "betas": [0.9, 0.999], "eps": 1e-7}
-
-
-def report_metrics(num_classes: int) -> MetricCollection:
-    """Everything the evaluation report needs, all derived from synced per-class counts."""
-    metrics: dict[str, Any] = {
-        "acc": MulticlassAccuracy(num_classes, average="micro"),
-        "confmat": MulticlassConfusionMatrix(num_classes),
-    }
-    for name, cls in (("precision", MulticlassPrecision), ("recall", MulticlassRecall),
-                      ("f1", MulticlassF1Score)):
-        for average in ("none", "macro", "weighted"):
-            metrics[f"{name}_{average}"] = cls(num_classes, average=average, zero_division=0)
-    return MetricCollection(metrics)
 
 
 class ProductClassifier(L.LightningModule):
@@ -119,28 +99,9 @@ class ProductClassifier(L.LightningModule):
             self.net.to(memory_format=torch.channels_last)
         if compile:
             self.net.compile()  # in place: parameter names (and checkpoints) stay the same
-        # Metrics skip torchmetrics' input checks and NaN scans (each one a GPU sync) -- the
-        # inputs are ours; a NaN loss shows as a NaN epoch loss. See also _pending below.
-        metrics = MetricCollection({
-            "acc": MulticlassAccuracy(num_classes, average="micro", validate_args=False),
-            "f1": MulticlassF1Score(num_classes, average="macro", validate_args=False),
-        })
-        # ModuleDict keys may not be "train" (an nn.Module method), hence the "_" suffix
-        self.metrics = torch.nn.ModuleDict({
-            f"{stage}_": metrics.clone(prefix=f"{stage}/") for stage in STAGES
-        })
-        self.losses = torch.nn.ModuleDict({
-            f"{stage}_": MeanMetric(nan_strategy="disable") for stage in STAGES
-        })
-        self.val_confmat = MulticlassConfusionMatrix(num_classes)
-        self.test_report_metrics = report_metrics(num_classes)
+        self.stage_metrics = StageMetrics(num_classes)
         self.record = RunRecord(self.class_names)  # filled as training and testing go; read by callbacks
         self._last_val: dict[str, float] = {}
-        # Per-step (loss, logits, labels) waiting to be added to the metrics. Per-class metrics
-        # count with torch.bincount, which waits for the GPU (a sync per step would stall the
-        # queue of a GPU that is faster than Python); batching the updates leaves one per flush.
-        self._pending: dict[str, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {
-            stage: [] for stage in STAGES}
         # (indices, probabilities before and after temperature scaling, side by side)
         self._test_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.confidence: ConfidenceCard | None = None  # fitted on held-out photos after training
@@ -268,33 +229,14 @@ class ProductClassifier(L.LightningModule):
                 labels = labels.argmax(1)
         else:
             loss = F.cross_entropy(logits, labels)
-        self._pending[stage].append((loss.detach(), logits.detach(), labels))
-        if len(self._pending[stage]) >= self.METRIC_FLUSH_STEPS:
-            self._flush(stage)
+        self.stage_metrics.add(stage, loss.detach(), logits.detach(), labels,
+                               flush_every=self.METRIC_FLUSH_STEPS)
         return loss, logits.detach()
-
-    def _flush(self, stage: str) -> None:
-        """Add the pending steps of ``stage`` to its metrics (and the val/test extras)."""
-        pending, self._pending[stage] = self._pending[stage], []
-        if not pending:
-            return
-        losses, logits, labels = zip(*pending, strict=True)
-        counts = torch.stack([torch.full((), len(y), dtype=torch.float32, device=y.device) for y in labels])
-        logits, labels = torch.cat(logits), torch.cat(labels)
-        self.losses[f"{stage}_"].update(torch.stack(losses).float(), weight=counts)
-        self.metrics[f"{stage}_"].update(logits, labels)
-        if stage == "val" and not getattr(self._trainer, "sanity_checking", False):
-            self.val_confmat.update(logits, labels)
-        elif stage == "test":
-            self.test_report_metrics.update(logits, labels)
 
     def _log_epoch(self, stage: str) -> dict[str, float]:
         """Compute (synced across processes by torchmetrics), log and reset a stage's metrics."""
-        self._flush(stage)
-        values = {f"{stage}/loss": self.losses[f"{stage}_"].compute(), **self.metrics[f"{stage}_"].compute()}
+        values = self.stage_metrics.epoch(stage)
         self.log_dict(values, sync_dist=False, prog_bar=stage != "test")
-        self.losses[f"{stage}_"].reset()
-        self.metrics[f"{stage}_"].reset()
         return {k: float(v) for k, v in values.items()}
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
@@ -325,22 +267,17 @@ class ProductClassifier(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:  # the sanity check must not leak into val metrics
-            self._pending["val"] = []
-            self.losses["val_"].reset()
-            self.metrics["val_"].reset()
-            self.val_confmat.reset()
+            self.stage_metrics.discard_val()
             return
         self._last_val = self._log_epoch("val")
-        self.record.val_confusion = self.val_confmat.compute().cpu()
-        self.val_confmat.reset()
+        self.record.val_confusion = self.stage_metrics.val_confusion()
 
     def on_test_epoch_start(self) -> None:
         self._test_outputs = []
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test")  # flushes the pending test steps into the report metrics too
-        self.record.test_report = {k: v.cpu() for k, v in self.test_report_metrics.compute().items()}
-        self.test_report_metrics.reset()
+        self.record.test_report = self.stage_metrics.test_counts()
         gathered = self._gather_test_outputs()
         self.record.test_predictions = self.record.test_raw_probs = None
         if gathered is not None:

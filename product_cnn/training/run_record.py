@@ -20,7 +20,7 @@ class RunRecord:
     class_names: list[str]
     history: list[dict[str, float]] = field(default_factory=list)  # per epoch: epoch, train/*, val/*
     val_confusion: torch.Tensor | None = None  # rows: true class, columns: predicted
-    test_report: dict[str, torch.Tensor] | None = None  # module.report_metrics(...).compute()
+    test_report: dict[str, torch.Tensor] | None = None  # stage_metrics.report_metrics(...).compute()
     # per test photo: its index in the test split and the class probabilities, sorted by index
     test_predictions: tuple[torch.Tensor, torch.Tensor] | None = None  # temperature-scaled
     test_raw_probs: torch.Tensor | None = None  # the same photos' probabilities before scaling
